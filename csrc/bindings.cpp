@@ -1,0 +1,235 @@
+// nanobind module sparsecnn._core. Tensors arrive zero-copy through DLPack (any framework:
+// torch, numpy); every array is checked for device, dtype, rank and size here, the core checks
+// the rest, and all failures surface as Python exceptions (TypeError / ValueError /
+// OverflowError / MemoryError). The GIL is released while kernels run.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core.hpp"
+
+namespace nb = nanobind;
+using Arr = nb::ndarray<nb::ro>;
+using OutArr = nb::ndarray<>;
+
+namespace {
+
+template <class A>
+void check_cpu(const A& a, const char* name) {
+  if (a.device_type() != nb::device::cpu::value)
+    throw nb::type_error((std::string(name) + ": expected a CPU tensor (device type " +
+                          std::to_string(a.device_type()) + " given)").c_str());
+}
+
+template <class A>
+void check_dtype(const A& a, nb::dlpack::dtype want, const char* name, const char* want_name) {
+  if (a.dtype() != want)
+    throw nb::type_error((std::string(name) + ": expected dtype " + want_name + ", got code " +
+                          std::to_string(a.dtype().code) + " with " +
+                          std::to_string(a.dtype().bits) + " bits").c_str());
+}
+
+template <class A>
+void check_contig1d(const A& a, const char* name) {
+  if (a.ndim() != 1)
+    throw std::invalid_argument(std::string(name) + ": expected a 1-D array, got " +
+                                std::to_string(a.ndim()) + "-D");
+  if (a.shape(0) > 1 && a.stride(0) != 1)
+    throw std::invalid_argument(std::string(name) + ": must be contiguous");
+}
+
+scnn::Csr make_csr(const Arr& values, const Arr& col, const Arr& row_ptr, const char* what) {
+  check_cpu(values, "values");
+  check_cpu(col, "col_idx");
+  check_cpu(row_ptr, "row_ptr");
+  check_dtype(values, nb::dtype<float>(), "values", "float32");
+  check_dtype(row_ptr, nb::dtype<int32_t>(), "row_ptr", "int32");
+  const bool col16 = col.dtype() == nb::dtype<int16_t>() || col.dtype() == nb::dtype<uint16_t>();
+  if (!col16) check_dtype(col, nb::dtype<int32_t>(), "col_idx", "int16 or int32");
+  check_contig1d(values, "values");
+  check_contig1d(col, "col_idx");
+  check_contig1d(row_ptr, "row_ptr");
+  if (values.shape(0) != col.shape(0))
+    throw std::invalid_argument(std::string(what) + ": values and col_idx differ in length");
+  if (row_ptr.shape(0) < 1) throw std::invalid_argument(std::string(what) + ": row_ptr is empty");
+  scnn::Csr m;
+  m.values = static_cast<const float*>(values.data());
+  m.col = col.data();
+  m.col16 = col16;
+  m.row_ptr = static_cast<const int32_t*>(row_ptr.data());
+  m.rows = static_cast<int64_t>(row_ptr.shape(0)) - 1;
+  m.nnz = static_cast<int64_t>(values.shape(0));
+  return m;
+}
+
+const float* bias_ptr(const std::optional<Arr>& bias, int64_t n) {
+  if (!bias) return nullptr;
+  check_cpu(*bias, "bias");
+  check_dtype(*bias, nb::dtype<float>(), "bias", "float32");
+  check_contig1d(*bias, "bias");
+  if (static_cast<int64_t>(bias->shape(0)) != n)
+    throw std::invalid_argument("bias: expected " + std::to_string(n) + " elements, got " +
+                                std::to_string(bias->shape(0)));
+  return static_cast<const float*>(bias->data());
+}
+
+void check_out(const OutArr& out, int64_t ndim) {
+  check_cpu(out, "out");
+  check_dtype(out, nb::dtype<float>(), "out", "float32");
+  if (static_cast<int64_t>(out.ndim()) != ndim)
+    throw std::invalid_argument("out: expected " + std::to_string(ndim) + "-D");
+  int64_t expect = 1;
+  for (int64_t d = ndim - 1; d >= 0; --d) {
+    if (out.shape(d) > 1 && out.stride(d) != expect)
+      throw std::invalid_argument("out: must be contiguous");
+    expect *= static_cast<int64_t>(out.shape(d));
+  }
+}
+
+void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
+            const std::optional<Arr>& bias, OutArr& out, int64_t out_channels,
+            int64_t cin_per_group, int64_t kh, int64_t kw, int64_t groups,
+            std::vector<int64_t> stride, std::vector<int64_t> padding,
+            std::vector<int64_t> dilation, bool relu, int threads) {
+  check_cpu(x, "input");
+  check_dtype(x, nb::dtype<float>(), "input", "float32");
+  if (x.ndim() != 4)
+    throw std::invalid_argument("input: expected a 4-D (N, C, H, W) tensor, got " +
+                                std::to_string(x.ndim()) + "-D");
+  if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+    throw std::invalid_argument("stride/dilation need 2 values and padding 4 (top, bottom, left, right)");
+  check_out(out, 4);
+  scnn::Conv2dArgs a;
+  a.x = static_cast<const float*>(x.data());
+  a.n = x.shape(0);
+  a.c = x.shape(1);
+  a.h = x.shape(2);
+  a.w = x.shape(3);
+  for (int i = 0; i < 4; ++i) a.xs[i] = x.stride(i);
+  a.weight = make_csr(values, col, row_ptr, "sparse_conv2d");
+  a.out_channels = out_channels;
+  a.cin_per_group = cin_per_group;
+  a.kh = kh;
+  a.kw = kw;
+  a.groups = groups;
+  a.bias = bias_ptr(bias, out_channels);
+  a.out = static_cast<float*>(out.data());
+  a.out_numel = static_cast<int64_t>(out.size());
+  a.stride_h = stride[0];
+  a.stride_w = stride[1];
+  a.pad_top = padding[0];
+  a.pad_bottom = padding[1];
+  a.pad_left = padding[2];
+  a.pad_right = padding[3];
+  a.dil_h = dilation[0];
+  a.dil_w = dilation[1];
+  a.relu = relu;
+  a.threads = threads;
+  {
+    nb::gil_scoped_release release;
+    scnn::sparse_conv2d(a);
+  }
+}
+
+void linear(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
+            const std::optional<Arr>& bias, OutArr& out, int64_t out_features, bool relu,
+            int threads) {
+  check_cpu(x, "input");
+  check_dtype(x, nb::dtype<float>(), "input", "float32");
+  if (x.ndim() != 2)
+    throw std::invalid_argument("input: expected a 2-D (N, in_features) tensor, got " +
+                                std::to_string(x.ndim()) + "-D");
+  check_out(out, 2);
+  scnn::LinearArgs a;
+  a.x = static_cast<const float*>(x.data());
+  a.n = x.shape(0);
+  a.in_features = x.shape(1);
+  a.xs[0] = x.stride(0);
+  a.xs[1] = x.stride(1);
+  a.weight = make_csr(values, col, row_ptr, "sparse_linear");
+  a.out_features = out_features;
+  a.bias = bias_ptr(bias, out_features);
+  a.out = static_cast<float*>(out.data());
+  a.out_numel = static_cast<int64_t>(out.size());
+  a.relu = relu;
+  a.threads = threads;
+  {
+    nb::gil_scoped_release release;
+    scnn::sparse_linear(a);
+  }
+}
+
+template <class F>
+void stream_call(OutArr& a, const char* name, F&& f) {
+  check_cpu(a, name);
+  check_dtype(a, nb::dtype<float>(), name, "float32");
+  check_contig1d(a, name);
+  f();
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "sparsecnn compiled core: direct sparse convolution and sparse linear kernels";
+  m.def("conv2d", &conv2d, nb::arg("x"), nb::arg("values"), nb::arg("col_idx"),
+        nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_channels"),
+        nb::arg("cin_per_group"), nb::arg("kh"), nb::arg("kw"), nb::arg("groups"),
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("relu"),
+        nb::arg("threads"),
+        "out = conv2d(x, W_csr) (+bias) (relu). padding is (top, bottom, left, right).");
+  m.def("linear", &linear, nb::arg("x"), nb::arg("values"), nb::arg("col_idx"),
+        nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_features"),
+        nb::arg("relu"), nb::arg("threads"), "out = x @ W_csr^T (+bias) (relu).");
+  m.def("output_size",
+        [](int64_t h, int64_t w, int64_t kh, int64_t kw, std::vector<int64_t> stride,
+           std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+          if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+            throw std::invalid_argument("stride/dilation need 2 values and padding 4");
+          int64_t oh, ow;
+          scnn::conv2d_output_size(h, w, kh, kw, stride[0], stride[1], padding[0], padding[1],
+                                   padding[2], padding[3], dilation[0], dilation[1], &oh, &ow);
+          return std::vector<int64_t>{oh, ow};
+        },
+        nb::arg("h"), nb::arg("w"), nb::arg("kh"), nb::arg("kw"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("dilation"));
+  m.def("stream_triad",
+        [](OutArr a, Arr b, Arr c, float s, int threads) {
+          for (auto* x : {&b, &c}) {
+            check_cpu(*x, "stream input");
+            check_dtype(*x, nb::dtype<float>(), "stream input", "float32");
+            check_contig1d(*x, "stream input");
+            if (x->shape(0) != a.shape(0)) throw std::invalid_argument("stream_triad: length mismatch");
+          }
+          stream_call(a, "a", [&] {
+            nb::gil_scoped_release r;
+            scnn::stream_triad(static_cast<float*>(a.data()), static_cast<const float*>(b.data()),
+                               static_cast<const float*>(c.data()), s,
+                               static_cast<int64_t>(a.shape(0)), threads);
+          });
+        },
+        nb::arg("a"), nb::arg("b"), nb::arg("c"), nb::arg("scalar"), nb::arg("threads"),
+        "a = b + scalar * c (float32, contiguous), multithreaded.");
+  m.def("stream_copy",
+        [](OutArr dst, Arr src, int threads) {
+          check_cpu(src, "src");
+          check_dtype(src, nb::dtype<float>(), "src", "float32");
+          check_contig1d(src, "src");
+          if (src.shape(0) != dst.shape(0)) throw std::invalid_argument("stream_copy: length mismatch");
+          stream_call(dst, "dst", [&] {
+            nb::gil_scoped_release r;
+            scnn::stream_copy(static_cast<float*>(dst.data()), static_cast<const float*>(src.data()),
+                              static_cast<int64_t>(dst.shape(0)), threads);
+          });
+        },
+        nb::arg("dst"), nb::arg("src"), nb::arg("threads"), "dst = src (float32, contiguous).");
+  m.def("active_isa", &scnn::active_isa, "The kernel variant in use: avx512, avx2 or portable.");
+  m.def("set_isa", &scnn::set_isa, nb::arg("name"),
+        "Force a kernel variant (avx512, avx2, portable) or 'auto'.");
+  m.def("isa_supported", &scnn::isa_supported, nb::arg("name"));
+}

@@ -1,0 +1,391 @@
+// Driver of the direct sparse convolution: validates the call, lays the input out for the
+// micro-kernel, plans tiles and runs them on the pool.
+//
+// Layout ("phased input"): each (image, channel) is padded and split into stride phases, so
+// that output position (oy, ox) reads tap (r, s) at
+//     plane(phase(r, s)) + (oy + (r*dil_h)/stride_h) * wrow + ox + (s*dil_w)/stride_w,
+// i.e. contiguous in ox for every stride. Rows are "widened" to wrow = OW + max column shift:
+// the kernel computes the wrow - OW garbage columns of each row too (cheaper than breaking the
+// SIMD run at every row end) and the epilogue drops them. A 1x1, stride-1, unpadded layer on
+// an NCHW-contiguous input needs no copy at all.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core.hpp"
+#include "isa/kernels.hpp"
+#include "thread_pool.hpp"
+
+namespace scnn {
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw std::overflow_error(std::string("sparse_conv2d: ") + what + " overflows 64-bit");
+  return r;
+}
+
+// Per-thread scratch reused across calls (the phased input of a batch can be megabytes; a
+// fresh allocation each call would page-fault it in every time).
+std::vector<float>& scratch() {
+  thread_local std::vector<float> buf;
+  return buf;
+}
+
+struct Plan {
+  int64_t oh, ow;
+  int64_t wrow, hrows, plane, cstride, istride;  // phased layout
+  int nphy, nphx;
+  int phy_index[64], phx_index[64];  // phase -> compact index (-1: unused)
+  bool direct;                      // read x in place (no copy)
+};
+
+}  // namespace
+
+void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                        int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw,
+                        int64_t* oh, int64_t* ow) {
+  if (kh < 1 || kw < 1) fail("sparse_conv2d: kernel size must be positive");
+  if (sh < 1 || sw < 1) fail("sparse_conv2d: stride must be positive, got (" +
+                             std::to_string(sh) + ", " + std::to_string(sw) + ")");
+  if (sh > 64 || sw > 64) fail("sparse_conv2d: stride larger than 64 is not supported");
+  if (dh < 1 || dw < 1) fail("sparse_conv2d: dilation must be positive");
+  if (pt < 0 || pb < 0 || pl < 0 || pr < 0) fail("sparse_conv2d: negative padding is not allowed");
+  if (h < 1 || w < 1) fail("sparse_conv2d: input height and width must be positive");
+  const int64_t lim = int64_t(1) << 40;
+  if (h > lim || w > lim || kh > lim || kw > lim || dh > lim || dw > lim || pt > lim ||
+      pb > lim || pl > lim || pr > lim)
+    throw std::overflow_error("sparse_conv2d: a size or parameter is too large");
+  const int64_t hp = h + pt + pb, wp = w + pl + pr;
+  const int64_t ekh = dh * (kh - 1) + 1, ekw = dw * (kw - 1) + 1;
+  if (hp < ekh || wp < ekw)
+    fail("sparse_conv2d: padded input (" + std::to_string(hp) + "x" + std::to_string(wp) +
+         ") is smaller than the dilated kernel (" + std::to_string(ekh) + "x" +
+         std::to_string(ekw) + ")");
+  *oh = (hp - ekh) / sh + 1;
+  *ow = (wp - ekw) / sw + 1;
+}
+
+void validate_csr(const Csr& m, int64_t cols, const char* what) {
+  const std::string w(what);
+  if (m.rows < 0 || m.nnz < 0) fail(w + ": negative CSR size");
+  if (!m.row_ptr) fail(w + ": row_ptr is missing");
+  if (m.nnz > 0 && (!m.values || !m.col)) fail(w + ": values or col_idx is missing");
+  if (m.row_ptr[0] != 0) fail(w + ": row_ptr[0] must be 0");
+  for (int64_t i = 0; i < m.rows; ++i)
+    if (m.row_ptr[i + 1] < m.row_ptr[i]) fail(w + ": row_ptr is not non-decreasing");
+  if (m.row_ptr[m.rows] != m.nnz)
+    fail(w + ": row_ptr[-1] (" + std::to_string(m.row_ptr[m.rows]) + ") != nnz (" +
+         std::to_string(m.nnz) + ")");
+  if (m.col16) {
+    if (cols > 65536) fail(w + ": 16-bit column indices cannot address " + std::to_string(cols) + " columns");
+    const uint16_t* c = static_cast<const uint16_t*>(m.col);
+    uint16_t mx = 0;
+    for (int64_t j = 0; j < m.nnz; ++j) mx = c[j] > mx ? c[j] : mx;
+    if (m.nnz > 0 && mx >= cols)
+      fail(w + ": column index " + std::to_string(mx) + " out of range (columns: " + std::to_string(cols) + ")");
+  } else {
+    const int32_t* c = static_cast<const int32_t*>(m.col);
+    int32_t mx = 0, mn = 0;
+    for (int64_t j = 0; j < m.nnz; ++j) {
+      mx = c[j] > mx ? c[j] : mx;
+      mn = c[j] < mn ? c[j] : mn;
+    }
+    if (m.nnz > 0 && (mn < 0 || mx >= cols))
+      fail(w + ": column index out of range [" + std::to_string(mn) + ", " + std::to_string(mx) +
+           "] (columns: " + std::to_string(cols) + ")");
+  }
+}
+
+namespace {
+
+// Which input elements are NaN/Inf. Dense convolution turns them into NaN even where a weight
+// is zero (0 * Inf = NaN); the sparse kernel skips zero weights, so the driver re-applies that
+// rule afterwards for the (rare) non-finite inputs.
+void patch_nonfinite(const Conv2dArgs& a, const Plan& p) {
+  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
+  const int64_t og = a.out_channels / a.groups;
+  std::vector<uint8_t> present;  // dense mask of one group's rows, built lazily
+  int64_t present_group = -1;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t n = 0; n < a.n; ++n)
+    for (int64_t c = 0; c < a.c; ++c)
+      for (int64_t iy = 0; iy < a.h; ++iy)
+        for (int64_t ix = 0; ix < a.w; ++ix) {
+          const float v = a.x[n * a.xs[0] + c * a.xs[1] + iy * a.xs[2] + ix * a.xs[3]];
+          if (std::isfinite(v)) continue;
+          const int64_t g = c / a.cin_per_group, cl = c % a.cin_per_group;
+          if (g != present_group) {
+            present.assign(static_cast<size_t>(og * cols), 0);
+            for (int64_t m = 0; m < og; ++m) {
+              const int64_t row = g * og + m;
+              for (int64_t j = a.weight.row_ptr[row]; j < a.weight.row_ptr[row + 1]; ++j) {
+                const int64_t col = a.weight.col16
+                                        ? static_cast<const uint16_t*>(a.weight.col)[j]
+                                        : static_cast<const int32_t*>(a.weight.col)[j];
+                present[m * cols + col] = 1;
+              }
+            }
+            present_group = g;
+          }
+          for (int64_t r = 0; r < a.kh; ++r) {
+            const int64_t ry = iy + a.pad_top - r * a.dil_h;
+            if (ry < 0 || ry % a.stride_h) continue;
+            const int64_t oy = ry / a.stride_h;
+            if (oy >= p.oh) continue;
+            for (int64_t s = 0; s < a.kw; ++s) {
+              const int64_t rx = ix + a.pad_left - s * a.dil_w;
+              if (rx < 0 || rx % a.stride_w) continue;
+              const int64_t ox = rx / a.stride_w;
+              if (ox >= p.ow) continue;
+              const int64_t col = cl * K + r * a.kw + s;
+              for (int64_t m = 0; m < og; ++m)
+                if (!present[m * cols + col])
+                  a.out[((n * a.out_channels + g * og + m) * p.oh + oy) * p.ow + ox] = nan;
+            }
+          }
+        }
+}
+
+// True when any of p[0..n) is NaN or +-Inf (exponent bits all ones); integer-only so the
+// compiler vectorises it.
+bool has_nonfinite(const float* p, int64_t n) {
+  uint32_t any = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, p + i, sizeof b);
+    any |= static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
+  }
+  return any != 0;
+}
+
+// Copies image n, channel c into its phase planes; returns whether it saw a non-finite value.
+bool copy_channel(const Conv2dArgs& a, const Plan& p, float* dst, int64_t n, int64_t c) {
+  const float* src = a.x + n * a.xs[0] + c * a.xs[1];
+  bool bad = false;
+  for (int64_t py = 0; py < a.stride_h; ++py) {
+    if (p.phy_index[py] < 0) continue;
+    for (int64_t px = 0; px < a.stride_w; ++px) {
+      if (p.phx_index[px] < 0) continue;
+      float* plane = dst + (p.phy_index[py] * p.nphx + p.phx_index[px]) * p.plane;
+      // Columns j of the plane read input column j*stride_w + px - pad_left.
+      int64_t jlo = 0, jhi = 0;  // valid j range
+      {
+        const int64_t first = a.pad_left - px;  // need j*sw >= first
+        jlo = first <= 0 ? 0 : (first + a.stride_w - 1) / a.stride_w;
+        const int64_t last = a.w - 1 + a.pad_left - px;  // need j*sw <= last
+        jhi = last < 0 ? 0 : last / a.stride_w + 1;
+        jhi = std::min(jhi, p.wrow);
+        jlo = std::min(jlo, jhi);
+      }
+      for (int64_t i = 0; i < p.hrows; ++i) {
+        float* row = plane + i * p.wrow;
+        const int64_t iy = i * a.stride_h + py - a.pad_top;
+        if (iy < 0 || iy >= a.h) {
+          std::memset(row, 0, sizeof(float) * p.wrow);
+          continue;
+        }
+        const float* srow = src + iy * a.xs[2];
+        std::memset(row, 0, sizeof(float) * jlo);
+        const int64_t ix0 = jlo * a.stride_w + px - a.pad_left;
+        if (a.stride_w == 1 && a.xs[3] == 1) {
+          std::memcpy(row + jlo, srow + ix0, sizeof(float) * (jhi - jlo));
+        } else {
+          const int64_t step = a.stride_w * a.xs[3];
+          const float* s = srow + ix0 * a.xs[3];
+          for (int64_t j = jlo; j < jhi; ++j, s += step) row[j] = *s;
+        }
+        bad |= has_nonfinite(row + jlo, jhi - jlo);
+        std::memset(row + jhi, 0, sizeof(float) * (p.wrow - jhi));
+      }
+    }
+  }
+  return bad;
+}
+
+}  // namespace
+
+void sparse_conv2d(const Conv2dArgs& a) {
+  // ---- validation: nothing is trusted ----
+  if (a.n < 0 || a.c < 1) fail("sparse_conv2d: input must have at least one channel");
+  if (a.groups < 1) fail("sparse_conv2d: groups must be positive");
+  if (a.c % a.groups) fail("sparse_conv2d: input channels (" + std::to_string(a.c) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
+  if (a.out_channels < 1 || a.out_channels % a.groups)
+    fail("sparse_conv2d: output channels (" + std::to_string(a.out_channels) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
+  if (a.cin_per_group * a.groups != a.c)
+    fail("sparse_conv2d: weight expects " + std::to_string(a.cin_per_group) +
+         " input channels per group, but the input has " + std::to_string(a.c) +
+         " channels with groups=" + std::to_string(a.groups));
+  if (a.weight.rows != a.out_channels) fail("sparse_conv2d: weight row count != output channels");
+  for (int i = 0; i < 4; ++i)
+    if (a.xs[i] < 0) fail("sparse_conv2d: negative input strides are not supported");
+  Plan p{};
+  conv2d_output_size(a.h, a.w, a.kh, a.kw, a.stride_h, a.stride_w, a.pad_top, a.pad_bottom,
+                     a.pad_left, a.pad_right, a.dil_h, a.dil_w, &p.oh, &p.ow);
+  const int64_t K = checked_mul(a.kh, a.kw, "kernel size");
+  const int64_t cols = checked_mul(a.cin_per_group, K, "weight columns");
+  if (cols > std::numeric_limits<int32_t>::max()) throw std::overflow_error("sparse_conv2d: too many weight columns");
+  validate_csr(a.weight, cols, "sparse_conv2d weight");
+  const int64_t out_needed = checked_mul(checked_mul(checked_mul(a.n, a.out_channels, "output"), p.oh, "output"), p.ow, "output");
+  if (a.out_numel != out_needed) fail("sparse_conv2d: output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(out_needed));
+  if (a.n == 0) return;
+  if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
+
+  const IsaKernels& isa = isa_kernels();
+
+  // ---- phased layout ----
+  int64_t drmax = 0, dqmax = 0;
+  for (int i = 0; i < 64; ++i) p.phy_index[i] = p.phx_index[i] = -1;
+  for (int64_t r = 0; r < a.kh; ++r) {
+    const int64_t ry = r * a.dil_h;
+    drmax = std::max(drmax, ry / a.stride_h);
+    int& slot = p.phy_index[ry % a.stride_h];
+    if (slot < 0) slot = 0;
+  }
+  for (int64_t s = 0; s < a.kw; ++s) {
+    const int64_t sx = s * a.dil_w;
+    dqmax = std::max(dqmax, sx / a.stride_w);
+    int& slot = p.phx_index[sx % a.stride_w];
+    if (slot < 0) slot = 0;
+  }
+  p.nphy = p.nphx = 0;
+  for (int i = 0; i < a.stride_h; ++i) if (p.phy_index[i] >= 0) p.phy_index[i] = p.nphy++;
+  for (int i = 0; i < a.stride_w; ++i) if (p.phx_index[i] >= 0) p.phx_index[i] = p.nphx++;
+  p.wrow = p.ow + dqmax;
+  p.hrows = p.oh + drmax + (dqmax > 0 ? 1 : 0);
+  const bool contiguous = a.xs[3] == 1 && a.xs[2] == a.w && a.xs[1] == a.h * a.w && (a.n == 1 || a.xs[0] == a.c * a.h * a.w);
+  p.direct = contiguous && a.stride_h == 1 && a.stride_w == 1 && a.pad_top == 0 && a.pad_bottom == 0 &&
+             a.pad_left == 0 && a.pad_right == 0 && dqmax == 0;
+  if (p.direct) {
+    p.wrow = a.w;
+    p.hrows = a.h;
+  }
+  p.plane = checked_mul(p.hrows, p.wrow, "plane size");
+  p.cstride = checked_mul(p.plane, p.nphy * p.nphx, "channel size");
+  p.istride = checked_mul(p.cstride, a.c, "image size");
+  if (p.istride > std::numeric_limits<int32_t>::max())
+    throw std::overflow_error("sparse_conv2d: one image of the (padded) input has " + std::to_string(p.istride) +
+                              " elements, more than the 2^31 that 32-bit offsets address; split the input");
+  const int64_t total = checked_mul(p.istride, a.n, "phased input size");
+  if (p.direct) p.istride = a.n == 1 ? p.istride : a.xs[0];
+
+  // column -> offset table, built per call (O(C*KH*KW)); the CSR itself stays layout free.
+  std::vector<int32_t> table(static_cast<size_t>(cols));
+  for (int64_t col = 0; col < cols; ++col) {
+    const int64_t c = col / K, r = (col / a.kw) % a.kh, s = col % a.kw;
+    const int64_t ry = r * a.dil_h, sx = s * a.dil_w;
+    const int64_t ph = p.phy_index[ry % a.stride_h] * p.nphx + p.phx_index[sx % a.stride_w];
+    table[col] = static_cast<int32_t>(c * p.cstride + ph * p.plane + (ry / a.stride_h) * p.wrow + sx / a.stride_w);
+  }
+
+  const int threads = std::max(1, a.threads);
+  const float* in = a.x;
+  bool nonfinite = false;
+  if (!p.direct) {
+    std::vector<float>& buf = scratch();
+    if (buf.size() < static_cast<size_t>(total)) {
+      buf.clear();
+      buf.shrink_to_fit();
+      buf.resize(static_cast<size_t>(total));
+    }
+    float* dst = buf.data();
+    const int64_t jobs = a.n * a.c;
+    std::vector<uint8_t> bad(static_cast<size_t>(jobs), 0);
+    parallel_for(jobs, threads, [&](int64_t i) {
+      const int64_t n = i / a.c, c = i % a.c;
+      bad[i] = copy_channel(a, p, dst + n * p.istride + c * p.cstride, n, c);
+    });
+    for (uint8_t b : bad) nonfinite |= b != 0;
+    in = dst;
+  } else {
+    const int64_t hw = a.h * a.w;
+    std::vector<uint8_t> bad(static_cast<size_t>(a.n * a.c), 0);
+    parallel_for(a.n * a.c, threads, [&](int64_t i) {
+      bad[i] = has_nonfinite(a.x + (i / a.c) * a.xs[0] + (i % a.c) * a.xs[1], hw);
+    });
+    for (uint8_t b : bad) nonfinite |= b != 0;
+  }
+
+  // ---- plan the tiles ----
+  const int W = isa.width;
+  const int64_t positions = p.oh * p.wrow;
+  const int64_t nvec = (positions + W - 1) / W;
+  const int nv_max = std::min(12, isa.max_acc);
+  const int64_t nchunks = (nvec + nv_max - 1) / nv_max;
+  const int64_t chunk_big = (nvec + nchunks - 1) / nchunks;
+  int nb = 1;
+  for (int cand = 4; cand >= 1; --cand)
+    if (cand <= a.n && cand * chunk_big <= isa.max_acc) {
+      nb = cand;
+      break;
+    }
+  const int64_t nblocks = (a.n + nb - 1) / nb;
+  const int64_t og = a.out_channels / a.groups;
+  const int64_t units = nblocks * nchunks * a.groups;
+  int64_t rowparts = 1;
+  if (threads > 1 && units < 4 * threads) rowparts = std::min<int64_t>(og, (4 * threads + units - 1) / units);
+  // Row boundaries balanced by nonzeros (+ a per-row constant for the epilogue).
+  std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (rowparts + 1)));
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t r0 = g * og, r1 = r0 + og;
+    const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
+    const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
+    int64_t r = r0;
+    bounds[g * (rowparts + 1)] = r0;
+    for (int64_t k = 1; k < rowparts; ++k) {
+      const double target = cost0 + total_cost * k / rowparts;
+      while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
+      bounds[g * (rowparts + 1) + k] = std::max(r, bounds[g * (rowparts + 1) + k - 1]);
+    }
+    bounds[g * (rowparts + 1) + rowparts] = r1;
+  }
+
+  const int64_t ntasks = units * rowparts;
+  parallel_for(ntasks, threads, [&](int64_t task) {
+    int64_t rest = task;
+    const int64_t rp = rest % rowparts; rest /= rowparts;
+    const int64_t g = rest % a.groups; rest /= a.groups;
+    const int64_t k = rest % nchunks; rest /= nchunks;
+    const int64_t blk = rest;
+    const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
+    if (row0 >= row1) return;
+    // Chunk k covers vectors [v0, v0 + nv): the first (nvec % nchunks) chunks get one more.
+    const int64_t small = nvec / nchunks, extra = nvec % nchunks;
+    const int64_t v0 = k * small + std::min(k, extra);
+    const int64_t nv = small + (k < extra ? 1 : 0);
+    const int64_t img0 = blk * nb;
+    ConvTile t{};
+    t.values = a.weight.values;
+    t.col = a.weight.col;
+    t.col16 = a.weight.col16;
+    t.row_ptr = a.weight.row_ptr;
+    t.table = table.data();
+    t.p0 = v0 * W;
+    t.count = std::min<int64_t>(nv * W, positions - t.p0);
+    t.in = in + img0 * p.istride + g * a.cin_per_group * p.cstride + t.p0;
+    t.img_stride = p.istride;
+    t.row0 = row0;
+    t.row1 = row1;
+    t.nb = static_cast<int>(std::min<int64_t>(nb, a.n - img0));
+    t.nv = static_cast<int>(nv);
+    t.out = a.out;
+    t.img0 = img0;
+    t.out_channels = a.out_channels;
+    t.oh = p.oh;
+    t.ow = p.ow;
+    t.wrow = p.wrow;
+    t.bias = a.bias;
+    t.relu = a.relu;
+    isa.conv_tile(t);
+  });
+
+  if (nonfinite) patch_nonfinite(a, p);
+}
+
+}  // namespace scnn

@@ -1,0 +1,78 @@
+// Public C++ API of the sparsecnn core. Plain C++17, no PyTorch: callers hand over raw
+// pointers with shapes and element strides; every entry point validates what it is given and
+// throws (std::invalid_argument -> ValueError, std::overflow_error -> OverflowError) instead of
+// trusting it.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace scnn {
+
+// A CSR matrix with one row per output channel. Column indices are layout independent:
+// col = c * KH * KW + r * KW + s inside the row's group. They are 16-bit (read as unsigned)
+// whenever the layer allows it, which keeps the storage overhead b at 1.5 instead of 2.
+struct Csr {
+  const float* values = nullptr;
+  const void* col = nullptr;
+  bool col16 = true;  // uint16 column indices, else int32
+  const int32_t* row_ptr = nullptr;
+  int64_t rows = 0;  // output channels
+  int64_t nnz = 0;
+};
+
+struct Conv2dArgs {
+  // Input (N, C, H, W) with any element strides (NCHW contiguous, channels-last, ...).
+  const float* x = nullptr;
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  int64_t xs[4] = {0, 0, 0, 0};
+  Csr weight;
+  int64_t out_channels = 0, cin_per_group = 0, kh = 0, kw = 0, groups = 1;
+  const float* bias = nullptr;  // [out_channels] or null
+  float* out = nullptr;         // (N, out_channels, OH, OW), contiguous
+  int64_t out_numel = 0;        // size of the out buffer, checked against the geometry
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+  int64_t dil_h = 1, dil_w = 1;
+  bool relu = false;
+  int threads = 1;
+};
+
+struct LinearArgs {
+  const float* x = nullptr;  // (N, in_features), element strides xs
+  int64_t n = 0, in_features = 0;
+  int64_t xs[2] = {0, 0};
+  Csr weight;  // (out_features x in_features)
+  int64_t out_features = 0;
+  const float* bias = nullptr;
+  float* out = nullptr;  // (N, out_features) contiguous
+  int64_t out_numel = 0;
+  bool relu = false;
+  int threads = 1;
+};
+
+// Output spatial size of a convolution; throws when the (padded) input is smaller than the
+// dilated kernel or any parameter is out of range.
+void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t stride_h,
+                        int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                        int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t* oh,
+                        int64_t* ow);
+
+// out = conv2d(x, W) (+ bias) (then ReLU), W given in CSR.
+void sparse_conv2d(const Conv2dArgs& a);
+// out = x W^T (+ bias) (then ReLU), W given in CSR.
+void sparse_linear(const LinearArgs& a);
+// Validates a CSR matrix with `cols` columns (row_ptr monotone, 0..nnz, columns in range).
+void validate_csr(const Csr& m, int64_t cols, const char* what);
+
+// STREAM-style kernels for the machine probe (a = b + s*c, dst = src), multithreaded.
+void stream_triad(float* a, const float* b, const float* c, float s, int64_t n, int threads);
+void stream_copy(float* dst, const float* src, int64_t n, int threads);
+
+// ISA selection: "avx512", "avx2" or "portable". The environment variable SPARSECNN_ISA forces
+// one (tests use it to run every variant on one machine); forcing one the CPU lacks throws.
+const char* active_isa();
+void set_isa(const std::string& name);  // "auto" re-detects
+bool isa_supported(const std::string& name);
+
+}  // namespace scnn

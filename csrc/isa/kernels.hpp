@@ -1,0 +1,60 @@
+// Interface between the ISA-neutral driver (conv.cpp, linear.cpp) and the per-ISA kernel
+// translation units (isa/avx512.cpp, isa/avx2.cpp, isa/portable.cpp). Plain structs and
+// function pointers only: nothing inline crosses the boundary, so code compiled with -mavx512f
+// can never be picked by the linker for the portable path.
+#pragma once
+#include <cstdint>
+
+namespace scnn {
+
+// One tile of the direct sparse convolution: rows [row0, row1) of one group, `nb` images
+// starting at `img0`, the widened output positions [p0, p0 + count) of each image.
+struct ConvTile {
+  const float* values;
+  const void* col;
+  bool col16;
+  const int32_t* row_ptr;
+  const int32_t* table;  // column -> offset into the phased input of one image (group base added)
+  const float* in;       // phased input of image img0, plus the group base
+  int64_t img_stride;    // floats between consecutive images in the phased input
+  int64_t row0, row1;
+  int nb;                // images in this tile (1..4)
+  int nv;                // vectors of positions per image (1..12)
+  int64_t p0, count;     // widened positions p0 .. p0+count-1 (count <= nv * width)
+  // epilogue
+  float* out;            // output tensor base (N, O, OH, OW)
+  int64_t img0, out_channels, oh, ow, wrow;  // wrow = widened row length (>= ow)
+  const float* bias;
+  bool relu;
+};
+
+struct LinearTile {
+  const float* values;
+  const void* col;
+  bool col16;
+  const int32_t* row_ptr;
+  const float* xt;        // input transposed: (in_features, ldx), batch in the contiguous dim
+  int64_t ldx;            // row length of xt (>= batch)
+  int64_t b0, nbatch;     // batch columns handled: [b0, b0 + nbatch)
+  int64_t row0, row1;
+  float* out;             // (N, out_features)
+  int64_t out_features;
+  const float* bias;
+  bool relu;
+};
+
+struct IsaKernels {
+  const char* name;
+  int width;     // floats per vector
+  int max_acc;   // accumulator registers the conv micro-kernel may use
+  void (*conv_tile)(const ConvTile&);
+  void (*linear_tile)(const LinearTile&);
+};
+
+extern const IsaKernels kAvx512Kernels;
+extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kPortableKernels;
+
+const IsaKernels& isa_kernels();  // the active variant (isa.cpp)
+
+}  // namespace scnn

@@ -1,0 +1,115 @@
+// Direct sparse convolution micro-kernel (Park et al., ICLR 2017, section 2.1).
+//
+// Included by each ISA translation unit inside an anonymous namespace, after it has defined
+// the vector type V (V::T, V::W, zero, bcast, loadu, load_tail, fma, add, max, storeu,
+// store_tail, tail_mask). Nothing here has external linkage.
+//
+// The weight is a CSR matrix with one row per output channel; table[col] turns a column into
+// an offset into the "phased" input (padded, split into stride phases), so the virtual dense
+// matrix is never built: for every nonzero the kernel broadcasts the weight once and does
+// NB*NV fused multiply-adds on contiguous vectors of output positions (SIMD over positions,
+// register blocking over positions and images). No gathers: stride > 1 was turned into
+// stride 1 by the phase split in the driver.
+#pragma once
+
+template <class V, int NB, int NV, class Idx>
+void conv_rows(const ConvTile& t) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  const Idx* __restrict col = static_cast<const Idx*>(t.col);
+  const float* __restrict vals = t.values;
+  const int32_t* __restrict table = t.table;
+  const float* in = t.in;
+  const int64_t istride = t.img_stride;
+  const int tail = static_cast<int>(t.count - static_cast<int64_t>(NV - 1) * W);  // 1..W
+  const auto tmask = V::tail_mask(tail);
+  alignas(64) float buf[NB][NV * W];
+  const int64_t plane = t.oh * t.ow;
+
+  for (int64_t m = t.row0; m < t.row1; ++m) {
+    T acc[NB][NV];
+#pragma GCC unroll 16
+    for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
+
+    const int64_t j1 = t.row_ptr[m + 1];
+    for (int64_t j = t.row_ptr[m]; j < j1; ++j) {
+      const T w = V::bcast(vals[j]);
+      const float* p = in + table[col[j]];
+#pragma GCC unroll 16
+      for (int b = 0; b < NB; ++b) {
+        const float* pb = p + b * istride;
+#pragma GCC unroll 16
+        for (int v = 0; v < NV - 1; ++v) acc[b][v] = V::fma(w, V::loadu(pb + v * W), acc[b][v]);
+        acc[b][NV - 1] = V::fma(w, V::load_tail(pb + (NV - 1) * W, tmask), acc[b][NV - 1]);
+      }
+    }
+
+    // Epilogue: bias and ReLU fused into the store; widened positions (the garbage columns
+    // ox >= OW of each row) are dropped here.
+    const float bias = t.bias ? t.bias[m] : 0.0f;
+    const T vb = V::bcast(bias);
+#pragma GCC unroll 16
+    for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) V::storeu(&buf[b][v * W], acc[b][v]);
+
+    for (int b = 0; b < NB; ++b) {
+      float* dst = t.out + ((t.img0 + b) * t.out_channels + m) * plane;
+      const float* src = buf[b];
+      if (t.wrow == t.ow) {
+        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu);
+        continue;
+      }
+      const int64_t end = t.p0 + t.count;
+      for (int64_t q = t.p0; q < end;) {
+        const int64_t oy = q / t.wrow;
+        const int64_t ox = q - oy * t.wrow;
+        if (ox < t.ow) {
+          const int64_t seg_end = (oy * t.wrow + t.ow < end) ? oy * t.wrow + t.ow : end;
+          store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu);
+        }
+        q = (oy + 1) * t.wrow;
+      }
+    }
+  }
+}
+
+template <class V, int NB, int NV>
+void conv_entry(const ConvTile& t) {
+  if (t.col16)
+    conv_rows<V, NB, NV, uint16_t>(t);
+  else
+    conv_rows<V, NB, NV, int32_t>(t);
+}
+
+// Only the (NB, NV) pairs that fit the register file are instantiated.
+template <class V, int NB, int NV, bool Fits = (NB * NV <= V::MAX_ACC)>
+struct ConvEntry {
+  static constexpr void (*fn)(const ConvTile&) = &conv_entry<V, NB, NV>;
+};
+template <class V, int NB, int NV>
+struct ConvEntry<V, NB, NV, false> {
+  static constexpr void (*fn)(const ConvTile&) = nullptr;
+};
+
+#define SCNN_CONV_ROW(V, NB)                                                                   \
+  {                                                                                            \
+    ConvEntry<V, NB, 1>::fn, ConvEntry<V, NB, 2>::fn, ConvEntry<V, NB, 3>::fn,                 \
+        ConvEntry<V, NB, 4>::fn, ConvEntry<V, NB, 5>::fn, ConvEntry<V, NB, 6>::fn,             \
+        ConvEntry<V, NB, 7>::fn, ConvEntry<V, NB, 8>::fn, ConvEntry<V, NB, 9>::fn,             \
+        ConvEntry<V, NB, 10>::fn, ConvEntry<V, NB, 11>::fn, ConvEntry<V, NB, 12>::fn           \
+  }
+
+template <class V>
+void conv_tile(const ConvTile& t) {
+  using Fn = void (*)(const ConvTile&);
+  static const Fn table[4][12] = {SCNN_CONV_ROW(V, 1), SCNN_CONV_ROW(V, 2), SCNN_CONV_ROW(V, 3),
+                                  SCNN_CONV_ROW(V, 4)};
+  // The driver plans within (nb <= 4, nv <= 12, nb*nv <= MAX_ACC); a violation is a bug there.
+  if (t.nb < 1 || t.nb > 4 || t.nv < 1 || t.nv > 12 || !table[t.nb - 1][t.nv - 1] ||
+      t.count <= static_cast<int64_t>(t.nv - 1) * V::W || t.count > static_cast<int64_t>(t.nv) * V::W)
+    throw std::logic_error("sparsecnn: internal error: bad conv tile plan");
+  table[t.nb - 1][t.nv - 1](t);
+}

@@ -1,0 +1,209 @@
+"""``sparsecnn::sparse_conv2d``: the direct sparse convolution as a torch custom op.
+
+The op takes the CSR arrays of the weight (see :class:`sparsecnn.nn.SparseWeight`), so
+``torch.compile`` / ``torch.export`` trace it as one opaque node with a fake (meta)
+implementation for shapes. CPU tensors run the compiled core, CUDA tensors the Triton kernel.
+It is differentiable in the input, the nonzero values and the bias (the backward runs dense
+torch ops, it is meant for fine-tuning, not for speed).
+
+Example:
+    >>> import torch
+    >>> from sparsecnn.ops import sparse_conv2d_op
+    >>> w = torch.tensor([[[[0.0, 2.0], [0.0, 0.0]]]])  # one nonzero at (r=0, s=1)
+    >>> vals = torch.tensor([2.0]); col = torch.tensor([1], dtype=torch.int16)
+    >>> rp = torch.tensor([0, 1], dtype=torch.int32)
+    >>> x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    >>> sparse_conv2d_op(x, vals, col, rp, [1, 1, 2, 2], None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False)
+    tensor([[[[ 2.,  4.],
+              [ 8., 10.]]]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sparsecnn import _core
+
+__all__ = ["conv_output_size", "resolve_padding", "sparse_conv2d_op", "csr_to_dense"]
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def resolve_padding(
+    padding: int | str | Sequence[int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> list[int]:
+    """Turns conv2d's padding (int, pair, 4-tuple, ``'same'``, ``'valid'``) into
+    ``[top, bottom, left, right]``.
+
+    ``'same'`` follows torch: total padding ``d*(k-1)``, the odd pixel going bottom/right; it
+    needs stride 1.
+
+    >>> resolve_padding("same", (4, 3), (1, 1), (1, 1))
+    [1, 2, 1, 1]
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            out = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]
+            return out
+        raise ValueError(f"padding must be 'same', 'valid', an int or a tuple, got {padding!r}")
+    if isinstance(padding, int):
+        p = [padding] * 4
+    else:
+        t = [int(i) for i in padding]
+        if len(t) == 1:
+            p = t * 4
+        elif len(t) == 2:
+            p = [t[0], t[0], t[1], t[1]]
+        elif len(t) == 4:
+            p = t
+        else:
+            raise ValueError(f"padding must have 1, 2 or 4 values, got {padding!r}")
+    if any(v < 0 for v in p):
+        raise ValueError(f"negative padding is not allowed, got {padding!r}")
+    return p
+
+
+def conv_output_size(
+    h: int, w: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> tuple[int, int]:
+    """Output (OH, OW) for padding ``[top, bottom, left, right]``; works on SymInts too."""
+    oh = (h + padding[0] + padding[1] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + padding[2] + padding[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def csr_to_dense(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Rebuilds the dense weight (any shape whose first dim is the row count) from CSR."""
+    rows = int(shape[0])
+    cols = 1
+    for s in shape[1:]:
+        cols *= int(s)
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    r = torch.repeat_interleave(torch.arange(rows, device=values.device), counts)
+    c = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    dense = torch.zeros(rows * cols, dtype=values.dtype, device=values.device)
+    dense.index_put_((r * cols + c,), values, accumulate=True)
+    return dense.reshape(*[int(s) for s in shape])
+
+
+def _check(x: torch.Tensor, values: torch.Tensor, weight_shape: Sequence[int], groups: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"sparse_conv2d: input must be a tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"sparse_conv2d: input must be float32, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"sparse_conv2d: input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.device != values.device:
+        raise ValueError(f"sparse_conv2d: input is on {x.device} but the weight is on {values.device}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"sparse_conv2d: weight shape must be (O, C/groups, kh, kw), got {list(weight_shape)}")
+    if groups < 1 or x.shape[1] != weight_shape[1] * groups:
+        raise ValueError(
+            f"sparse_conv2d: weight {list(weight_shape)} with groups={groups} expects "
+            f"{weight_shape[1] * groups} input channels, got input of shape {tuple(x.shape)}"
+        )
+
+
+@torch.library.custom_op("sparsecnn::sparse_conv2d", mutates_args=(), device_types="cpu")
+def sparse_conv2d_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    col_idx: torch.Tensor,
+    row_ptr: torch.Tensor,
+    weight_shape: list[int],
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """Direct sparse conv2d. ``padding`` is ``[top, bottom, left, right]``."""
+    _check(x, values, weight_shape, groups)
+    o, cg, kh, kw = (int(s) for s in weight_shape)
+    oh, ow = _core.output_size(x.shape[2], x.shape[3], kh, kw, list(stride), list(padding), list(dilation))
+    out = torch.empty((x.shape[0], o, oh, ow), dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+    _core.conv2d(
+        x.detach(), values.detach(), col_idx, row_ptr,
+        None if bias is None else bias.detach().contiguous(),
+        out, o, cg, kh, kw, groups, list(stride), list(padding), list(dilation), bool(relu),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+@sparse_conv2d_op.register_kernel("cuda")
+def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu):
+    _check(x, values, weight_shape, groups)
+    from sparsecnn.ops import triton_conv
+
+    if padding[0] != padding[1] or padding[2] != padding[3]:
+        # The Triton kernel takes symmetric padding; pad the extra rows/columns explicitly.
+        x = F.pad(x, (padding[2] - min(padding[2], padding[3]), padding[3] - min(padding[2], padding[3]),
+                      padding[0] - min(padding[0], padding[1]), padding[1] - min(padding[0], padding[1])))
+        sym = (min(padding[0], padding[1]), min(padding[2], padding[3]))
+    else:
+        sym = (padding[0], padding[2])
+    return triton_conv.sparse_conv2d_triton(
+        x, values, col_idx, row_ptr, list(weight_shape), bias, tuple(stride), sym, tuple(dilation), groups, relu
+    )
+
+
+@sparse_conv2d_op.register_fake
+def _sparse_conv2d_fake(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu):
+    _check(x, values, weight_shape, groups)
+    oh, ow = conv_output_size(x.shape[2], x.shape[3], weight_shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight_shape[0], oh, ow))
+
+
+def _setup_context(ctx, inputs, output):
+    x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu = inputs
+    ctx.save_for_backward(x, values, col_idx, row_ptr, output if relu else None)
+    ctx.params = (list(weight_shape), list(stride), list(padding), list(dilation), groups, relu, bias is not None)
+
+
+def _backward(ctx, grad):
+    x, values, col_idx, row_ptr, out = ctx.saved_tensors
+    weight_shape, stride, padding, dilation, groups, relu, has_bias = ctx.params
+    if relu:
+        grad = grad * (out > 0)
+    dense = csr_to_dense(values, col_idx, row_ptr, weight_shape)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        wg = dense.detach().requires_grad_(True)
+        xp = F.pad(xg, (padding[2], padding[3], padding[0], padding[1]))
+        y = F.conv2d(xp, wg, None, stride, 0, dilation, groups)
+        gx, gw = torch.autograd.grad(y, (xg, wg), grad)
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(weight_shape[0], device=values.device), counts)
+    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    gvals = gw.reshape(weight_shape[0], -1)[rows, cols]
+    gbias = grad.sum((0, 2, 3)) if has_bias else None
+    return gx, gvals, None, None, None, gbias, None, None, None, None, None
+
+
+sparse_conv2d_op.register_autograd(_backward, setup_context=_setup_context)

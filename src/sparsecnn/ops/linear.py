@@ -1,0 +1,90 @@
+"""``sparsecnn::sparse_linear``: sparse weight times dense input, as a torch custom op.
+
+Example:
+    >>> import torch
+    >>> from sparsecnn.ops import sparse_linear_op
+    >>> vals = torch.tensor([3.0]); col = torch.tensor([1], dtype=torch.int16)
+    >>> rp = torch.tensor([0, 1, 1], dtype=torch.int32)          # W = [[0, 3], [0, 0]]
+    >>> sparse_linear_op(torch.tensor([[1.0, 2.0]]), vals, col, rp, 2, None, False)
+    tensor([[6., 0.]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsecnn import _core
+from sparsecnn.ops.conv import csr_to_dense
+
+__all__ = ["sparse_linear_op"]
+
+
+def _check(x: torch.Tensor, values: torch.Tensor) -> None:
+    if x.dtype != torch.float32:
+        raise TypeError(f"sparse_linear: input must be float32, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"sparse_linear: input must be 2-D (N, in_features), got shape {tuple(x.shape)}")
+    if x.device != values.device:
+        raise ValueError(f"sparse_linear: input is on {x.device} but the weight is on {values.device}")
+
+
+@torch.library.custom_op("sparsecnn::sparse_linear", mutates_args=(), device_types="cpu")
+def sparse_linear_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    col_idx: torch.Tensor,
+    row_ptr: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    """``x @ W.T (+ bias) (relu)`` with W (out_features x in_features) in CSR."""
+    _check(x, values)
+    out = torch.empty((x.shape[0], out_features), dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+    _core.linear(
+        x.detach(), values.detach(), col_idx, row_ptr,
+        None if bias is None else bias.detach().contiguous(),
+        out, out_features, bool(relu), torch.get_num_threads(),
+    )
+    return out
+
+
+@sparse_linear_op.register_kernel("cuda")
+def _sparse_linear_cuda(x, values, col_idx, row_ptr, out_features, bias, relu):
+    # cuSPARSE through torch: fully connected layers are bandwidth bound, CSR SpMM is fine there.
+    _check(x, values)
+    dense = csr_to_dense(values, col_idx, row_ptr, (out_features, x.shape[1]))
+    y = torch.nn.functional.linear(x, dense, bias)
+    return torch.relu(y) if relu else y
+
+
+@sparse_linear_op.register_fake
+def _sparse_linear_fake(x, values, col_idx, row_ptr, out_features, bias, relu):
+    _check(x, values)
+    return x.new_empty((x.shape[0], out_features))
+
+
+def _setup_context(ctx, inputs, output):
+    x, values, col_idx, row_ptr, out_features, bias, relu = inputs
+    ctx.save_for_backward(x, values, col_idx, row_ptr, output if relu else None)
+    ctx.params = (out_features, relu, bias is not None)
+
+
+def _backward(ctx, grad):
+    x, values, col_idx, row_ptr, out = ctx.saved_tensors
+    out_features, relu, has_bias = ctx.params
+    if relu:
+        grad = grad * (out > 0)
+    dense = csr_to_dense(values, col_idx, row_ptr, (out_features, x.shape[1]))
+    gx = grad @ dense
+    gw = grad.t() @ x
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(out_features, device=values.device), counts)
+    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    gbias = grad.sum(0) if has_bias else None
+    return gx, gw[rows, cols], None, None, None, gbias, None
+
+
+sparse_linear_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,217 @@
+"""Machine probes: compute roof ``F``, bandwidth roofs ``B`` and dense-conv speed.
+
+* ``F`` -- SGEMM throughput of a large square ``torch.mm`` (median of repeats).
+* ``B`` -- STREAM-style triad / copy run by the compiled core
+  (``sparsecnn._core.stream_triad`` / ``stream_copy``), on arrays far larger than
+  L3 (DRAM roof) and on arrays that fit L3 but not L2 (cache roof).
+* dense conv -- time of ``F.conv2d`` for one layer shape and batch (oneDNN is
+  often not at SGEMM speed; the model uses the measured figure per layer).
+
+Example:
+    >>> from sparsecnn.perf import probe
+    >>> f = probe.sgemm_flops(n=256, repeats=3)   # doctest: +SKIP
+    >>> f > 1e9                                    # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from .spec import LayerSpec
+
+__all__ = [
+    "median_time", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
+    "cpu_model", "active_isa", "library_version", "cache_sizes", "num_threads",
+]
+
+log = logging.getLogger(__name__)
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                min_time: float = 0.0, max_repeats: int = 200) -> float:
+    """Median wall time of ``fn()`` in seconds.
+
+    Runs ``warmup`` untimed calls, then at least ``repeats`` timed calls and more
+    (up to ``max_repeats``) until ``min_time`` seconds have been spent.
+
+    Example:
+        >>> median_time(lambda: sum(range(100)), repeats=3) > 0
+        True
+    """
+    for _ in range(warmup):
+        fn()
+    ts: list[float] = []
+    spent = 0.0
+    while len(ts) < repeats or (spent < min_time and len(ts) < max_repeats):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        ts.append(dt)
+        spent += dt
+    return statistics.median(ts)
+
+
+def num_threads(threads: int | None = None) -> int:
+    """Thread count the model is for (``torch.get_num_threads()`` by default)."""
+    return int(threads) if threads else int(torch.get_num_threads())
+
+
+def cpu_model() -> str:
+    """CPU model string (from /proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def active_isa() -> str:
+    """ISA the compiled kernel dispatches to ('avx512' | 'avx2' | 'portable'), or 'unknown'."""
+    try:
+        from sparsecnn import ops  # type: ignore[attr-defined]
+
+        return str(ops.active_isa())
+    except Exception as e:  # noqa: BLE001 - core may be missing or not built
+        log.debug("active_isa unavailable: %s", e)
+        return "unknown"
+
+
+def library_version() -> str:
+    """``sparsecnn.__version__`` (or 'unknown')."""
+    try:
+        import sparsecnn
+
+        return str(getattr(sparsecnn, "__version__", "unknown"))
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def cache_sizes() -> dict[str, int]:
+    """Per-core L2 and shared L3 sizes in bytes (sysfs; defaults 1 MiB / 32 MiB)."""
+    sizes = {"l2": 1 << 20, "l3": 32 << 20}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            p = os.path.join(base, idx)
+            try:
+                level = int(open(os.path.join(p, "level")).read())
+                typ = open(os.path.join(p, "type")).read().strip()
+                s = open(os.path.join(p, "size")).read().strip().upper()
+            except OSError:
+                continue
+            if typ == "Instruction":
+                continue
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1], 1)
+            val = int(s[:-1]) * mult if s[-1] in "KMG" else int(s)
+            if level == 2:
+                sizes["l2"] = val
+            elif level == 3:
+                sizes["l3"] = val
+    except OSError:
+        pass
+    return sizes
+
+
+def sgemm_flops(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """Achievable SGEMM FLOP/s: median time of an ``n x n`` ``torch.mm``.
+
+    Example:
+        >>> sgemm_flops(128, repeats=3) > 0
+        True
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(num_threads(threads))
+    try:
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        c = torch.empty(n, n)
+        t = median_time(lambda: torch.mm(a, b, out=c), repeats=repeats, warmup=2)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * n ** 3 / t
+
+
+def _core():
+    from sparsecnn import _core  # type: ignore[attr-defined]
+
+    return _core
+
+
+def stream_bandwidth(nbytes_per_array: int = 128 << 20, repeats: int = 5,
+                     threads: int | None = None) -> float:
+    """STREAM triad bandwidth ``a = b + s*c`` in bytes/s (12 bytes per float counted).
+
+    Uses ``sparsecnn._core.stream_triad``; falls back to ``torch.add(..., out=)``
+    with a warning when the compiled core is missing.
+    """
+    n = max(1024, nbytes_per_array // 4)
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    th = num_threads(threads)
+    try:
+        core = _core()
+        fn = lambda: core.stream_triad(a, b, c, 3.0, th)  # noqa: E731
+        fn()
+    except Exception as e:  # noqa: BLE001
+        log.warning("sparsecnn._core.stream_triad unavailable (%s); using torch.add", e)
+        fn = lambda: torch.add(b, c, alpha=3.0, out=a)  # noqa: E731
+    reps = repeats if nbytes_per_array > (8 << 20) else max(repeats, 50)
+    t = median_time(fn, repeats=reps, warmup=2)
+    return 12.0 * n / t
+
+
+def copy_bandwidth(nbytes_per_array: int = 128 << 20, repeats: int = 5,
+                   threads: int | None = None) -> float:
+    """STREAM copy bandwidth ``dst = src`` in bytes/s (8 bytes per float counted)."""
+    n = max(1024, nbytes_per_array // 4)
+    dst, src = torch.empty(n), torch.rand(n)
+    th = num_threads(threads)
+    try:
+        core = _core()
+        fn = lambda: core.stream_copy(dst, src, th)  # noqa: E731
+        fn()
+    except Exception as e:  # noqa: BLE001
+        log.warning("sparsecnn._core.stream_copy unavailable (%s); using Tensor.copy_", e)
+        fn = lambda: dst.copy_(src)  # noqa: E731
+    reps = repeats if nbytes_per_array > (8 << 20) else max(repeats, 50)
+    t = median_time(fn, repeats=reps, warmup=2)
+    return 8.0 * n / t
+
+
+def dense_conv_time(spec: LayerSpec, batch: int, repeats: int = 5, min_time: float = 0.05,
+                    threads: int | None = None) -> float:
+    """Median seconds of the dense torch/oneDNN layer (``F.conv2d`` / ``F.linear``).
+
+    Example:
+        >>> s = LayerSpec("c", "conv", 16, 16, (3, 3), padding=(1, 1), input_hw=(8, 8))
+        >>> dense_conv_time(s, 1, repeats=3, min_time=0) > 0
+        True
+    """
+    import torch.nn.functional as F
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(num_threads(threads))
+    try:
+        with torch.inference_mode():
+            if spec.kind == "linear":
+                x = torch.randn(batch, spec.in_channels)
+                w = torch.randn(spec.out_channels, spec.in_channels)
+                fn = lambda: F.linear(x, w)  # noqa: E731
+            else:
+                x = torch.randn(batch, spec.in_channels, *spec.input_hw)
+                w = torch.randn(spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
+                fn = lambda: F.conv2d(x, w, None, spec.stride, spec.padding,  # noqa: E731
+                                      spec.dilation, spec.groups)
+            return median_time(fn, repeats=repeats, warmup=2, min_time=min_time)
+    finally:
+        torch.set_num_threads(old)
