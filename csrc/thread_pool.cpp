@@ -80,7 +80,7 @@ class Pool {
     for (;;) {
       // Spin for a while (tens of microseconds) before blocking on the condition variable.
       uint64_t g = seen;
-      for (int spin = 0; spin < 2000; ++spin) {
+      for (int spin = 0; spin < 20000; ++spin) {
         g = generation_.load(std::memory_order_acquire);
         if (g != seen) break;
         SCNN_PAUSE();

@@ -13,7 +13,7 @@ struct V {
   using T = __m512;
   using Mask = __mmask16;
   static constexpr int W = 16;
-  static constexpr int MAX_ACC = 24;  // of 32 zmm registers: the rest hold the weight and temps
+  static constexpr int MAX_ACC = 28;  // of 32 zmm registers: the rest hold the weight and temps
   static inline T zero() { return _mm512_setzero_ps(); }
   static inline T bcast(float x) { return _mm512_set1_ps(x); }
   static inline T loadu(const float* p) { return _mm512_loadu_ps(p); }

@@ -19,7 +19,8 @@ struct ConvTile {
   int64_t img_stride;    // floats between consecutive images in the phased input
   int64_t row0, row1;
   int nb;                // images in this tile (1..4)
-  int nv;                // vectors of positions per image (1..12)
+  int nv;                // vectors of positions per image (1..16)
+  bool overread_ok;      // the input has slack: a partial last vector may be loaded whole
   int64_t p0, count;     // widened positions p0 .. p0+count-1 (count <= nv * width)
   // epilogue
   float* out;            // output tensor base (N, O, OH, OW)

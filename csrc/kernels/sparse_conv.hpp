@@ -12,7 +12,9 @@
 // stride 1 by the phase split in the driver.
 #pragma once
 
-template <class V, int NB, int NV, class Idx>
+// TAIL: the last vector is partial and must not read past the input (masked loads); without
+// it the last vector is a plain load whose extra lanes are discarded by the epilogue.
+template <class V, int NB, int NV, class Idx, bool TAIL>
 void conv_rows(const ConvTile& t) {
   using T = typename V::T;
   constexpr int W = V::W;
@@ -42,7 +44,10 @@ void conv_rows(const ConvTile& t) {
         const float* pb = p + b * istride;
 #pragma GCC unroll 16
         for (int v = 0; v < NV - 1; ++v) acc[b][v] = V::fma(w, V::loadu(pb + v * W), acc[b][v]);
-        acc[b][NV - 1] = V::fma(w, V::load_tail(pb + (NV - 1) * W, tmask), acc[b][NV - 1]);
+        if (TAIL)
+          acc[b][NV - 1] = V::fma(w, V::load_tail(pb + (NV - 1) * W, tmask), acc[b][NV - 1]);
+        else
+          acc[b][NV - 1] = V::fma(w, V::loadu(pb + (NV - 1) * W), acc[b][NV - 1]);
       }
     }
 
@@ -78,10 +83,14 @@ void conv_rows(const ConvTile& t) {
 
 template <class V, int NB, int NV>
 void conv_entry(const ConvTile& t) {
-  if (t.col16)
-    conv_rows<V, NB, NV, uint16_t>(t);
-  else
-    conv_rows<V, NB, NV, int32_t>(t);
+  const bool tail = !t.overread_ok && t.count < static_cast<int64_t>(NV) * V::W;
+  if (t.col16) {
+    if (tail) conv_rows<V, NB, NV, uint16_t, true>(t);
+    else conv_rows<V, NB, NV, uint16_t, false>(t);
+  } else {
+    if (tail) conv_rows<V, NB, NV, int32_t, true>(t);
+    else conv_rows<V, NB, NV, int32_t, false>(t);
+  }
 }
 
 // Only the (NB, NV) pairs that fit the register file are instantiated.
@@ -99,16 +108,18 @@ struct ConvEntry<V, NB, NV, false> {
     ConvEntry<V, NB, 1>::fn, ConvEntry<V, NB, 2>::fn, ConvEntry<V, NB, 3>::fn,                 \
         ConvEntry<V, NB, 4>::fn, ConvEntry<V, NB, 5>::fn, ConvEntry<V, NB, 6>::fn,             \
         ConvEntry<V, NB, 7>::fn, ConvEntry<V, NB, 8>::fn, ConvEntry<V, NB, 9>::fn,             \
-        ConvEntry<V, NB, 10>::fn, ConvEntry<V, NB, 11>::fn, ConvEntry<V, NB, 12>::fn           \
+        ConvEntry<V, NB, 10>::fn, ConvEntry<V, NB, 11>::fn, ConvEntry<V, NB, 12>::fn,          \
+        ConvEntry<V, NB, 13>::fn, ConvEntry<V, NB, 14>::fn, ConvEntry<V, NB, 15>::fn,          \
+        ConvEntry<V, NB, 16>::fn                                                               \
   }
 
 template <class V>
 void conv_tile(const ConvTile& t) {
   using Fn = void (*)(const ConvTile&);
-  static const Fn table[4][12] = {SCNN_CONV_ROW(V, 1), SCNN_CONV_ROW(V, 2), SCNN_CONV_ROW(V, 3),
+  static const Fn table[4][16] = {SCNN_CONV_ROW(V, 1), SCNN_CONV_ROW(V, 2), SCNN_CONV_ROW(V, 3),
                                   SCNN_CONV_ROW(V, 4)};
-  // The driver plans within (nb <= 4, nv <= 12, nb*nv <= MAX_ACC); a violation is a bug there.
-  if (t.nb < 1 || t.nb > 4 || t.nv < 1 || t.nv > 12 || !table[t.nb - 1][t.nv - 1] ||
+  // The driver plans within (nb <= 4, nv <= 16, nb*nv <= MAX_ACC); a violation is a bug there.
+  if (t.nb < 1 || t.nb > 4 || t.nv < 1 || t.nv > 16 || !table[t.nb - 1][t.nv - 1] ||
       t.count <= static_cast<int64_t>(t.nv - 1) * V::W || t.count > static_cast<int64_t>(t.nv) * V::W)
     throw std::logic_error("sparsecnn: internal error: bad conv tile plan");
   table[t.nb - 1][t.nv - 1](t);
