@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sparsecnn import _core
 
-__all__ = ["conv_output_size", "resolve_padding", "sparse_conv2d_op", "csr_to_dense"]
+__all__ = ["conv_output_size", "csr_coords", "csr_to_dense", "resolve_padding", "sparse_conv2d_op"]
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -94,15 +94,21 @@ def conv_output_size(
     return oh, ow
 
 
+def csr_coords(col_idx: torch.Tensor, row_ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) int64 index of every nonzero; int16 columns are read as unsigned."""
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=row_ptr.device), counts)
+    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    return rows, cols
+
+
 def csr_to_dense(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Rebuilds the dense weight (any shape whose first dim is the row count) from CSR."""
     rows = int(shape[0])
     cols = 1
     for s in shape[1:]:
         cols *= int(s)
-    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
-    r = torch.repeat_interleave(torch.arange(rows, device=values.device), counts)
-    c = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    r, c = csr_coords(col_idx, row_ptr)
     dense = torch.zeros(rows * cols, dtype=values.dtype, device=values.device)
     dense.index_put_((r * cols + c,), values, accumulate=True)
     return dense.reshape(*[int(s) for s in shape])
@@ -198,9 +204,7 @@ def _backward(ctx, grad):
         xp = F.pad(xg, (padding[2], padding[3], padding[0], padding[1]))
         y = F.conv2d(xp, wg, None, stride, 0, dilation, groups)
         gx, gw = torch.autograd.grad(y, (xg, wg), grad)
-    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
-    rows = torch.repeat_interleave(torch.arange(weight_shape[0], device=values.device), counts)
-    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    rows, cols = csr_coords(col_idx, row_ptr)
     gvals = gw.reshape(weight_shape[0], -1)[rows, cols]
     gbias = grad.sum((0, 2, 3)) if has_bias else None
     return gx, gvals, None, None, None, gbias, None, None, None, None, None

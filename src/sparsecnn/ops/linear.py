@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import csr_to_dense
+from sparsecnn.ops.conv import csr_coords, csr_to_dense
 
 __all__ = ["sparse_linear_op"]
 
@@ -80,9 +80,7 @@ def _backward(ctx, grad):
     dense = csr_to_dense(values, col_idx, row_ptr, (out_features, x.shape[1]))
     gx = grad @ dense
     gw = grad.t() @ x
-    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
-    rows = torch.repeat_interleave(torch.arange(out_features, device=values.device), counts)
-    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+    rows, cols = csr_coords(col_idx, row_ptr)
     gbias = grad.sum(0) if has_bias else None
     return gx, gw[rows, cols], None, None, None, gbias, None
 
