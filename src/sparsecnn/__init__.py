@@ -17,8 +17,13 @@ import logging
 import torch  # noqa: F401  (the ops register with torch.library at import)
 
 from sparsecnn.nn import SparseConv2d, SparseLinear, SparseWeight, sparse_conv2d, sparse_linear
+from sparsecnn.nn.serialization import load, save
+from sparsecnn.sparsify import SparsifyReport, sparsify
 
 __version__ = "0.1.0"
-__all__ = ["SparseConv2d", "SparseLinear", "SparseWeight", "__version__", "sparse_conv2d", "sparse_linear"]
+__all__ = [
+    "SparseConv2d", "SparseLinear", "SparseWeight", "SparsifyReport", "__version__", "load", "save",
+    "sparse_conv2d", "sparse_linear", "sparsify",
+]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

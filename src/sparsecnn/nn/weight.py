@@ -77,6 +77,13 @@ class SparseWeight:
                 c = c & 0xFFFF
             if int(c.min()) < 0 or int(c.max()) >= cols:
                 raise ValueError(f"SparseWeight: column indices out of range [0, {cols})")
+            # Columns must ascend strictly within each row (the kernels walk rows as runs).
+            step = c[1:] - c[:-1]
+            row_start = torch.zeros(nnz, dtype=torch.bool)
+            starts = rp[:-1][rp[:-1] < nnz].to(torch.int64)
+            row_start[starts] = True
+            if bool(((step <= 0) & ~row_start[1:]).any()):
+                raise ValueError("SparseWeight: column indices must be strictly increasing within each row")
         self.values = values.contiguous()
         self.col_idx = col_idx.contiguous()
         self.row_ptr = row_ptr.contiguous()

@@ -114,6 +114,13 @@ def csr_to_dense(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Ten
     return dense.reshape(*[int(s) for s in shape])
 
 
+def _alloc(shape: tuple[int, ...], what: str) -> torch.Tensor:
+    try:
+        return torch.empty(shape, dtype=torch.float32)
+    except RuntimeError as e:  # torch reports allocation failure as RuntimeError
+        raise MemoryError(f"{what}: cannot allocate the output of shape {tuple(shape)}: {e}") from None
+
+
 def _check(x: torch.Tensor, values: torch.Tensor, weight_shape: Sequence[int], groups: int) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"sparse_conv2d: input must be a tensor, got {type(x).__name__}")
@@ -150,9 +157,8 @@ def sparse_conv2d_op(
     _check(x, values, weight_shape, groups)
     o, cg, kh, kw = (int(s) for s in weight_shape)
     oh, ow = _core.output_size(x.shape[2], x.shape[3], kh, kw, list(stride), list(padding), list(dilation))
-    out = torch.empty((x.shape[0], o, oh, ow), dtype=torch.float32)
-    if out.numel() == 0:
-        return out
+    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d")
+    # Even an empty batch goes to the core: it validates the weight and bias first.
     _core.conv2d(
         x.detach(), values.detach(), col_idx, row_ptr,
         None if bias is None else bias.detach().contiguous(),

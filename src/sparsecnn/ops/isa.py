@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from sparsecnn import _core
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: use_isa blocks may nest
 
 
 def active_isa() -> str:

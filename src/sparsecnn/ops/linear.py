@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import csr_coords, csr_to_dense
+from sparsecnn.ops.conv import _alloc, csr_coords, csr_to_dense
 
 __all__ = ["sparse_linear_op"]
 
@@ -40,9 +40,7 @@ def sparse_linear_op(
 ) -> torch.Tensor:
     """``x @ W.T (+ bias) (relu)`` with W (out_features x in_features) in CSR."""
     _check(x, values)
-    out = torch.empty((x.shape[0], out_features), dtype=torch.float32)
-    if out.numel() == 0:
-        return out
+    out = _alloc((x.shape[0], out_features), "sparse_linear")
     _core.linear(
         x.detach(), values.detach(), col_idx, row_ptr,
         None if bias is None else bias.detach().contiguous(),

@@ -1,0 +1,48 @@
+"""Shared fixtures for the tests of the compiled core (conv, linear, modules, ops)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if importlib.util.find_spec("sparsecnn") is None and str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import sparsecnn.ops as ops  # noqa: E402
+
+settings.register_profile(
+    "sparsecnn",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "sparsecnn-ci",
+    parent=settings.get_profile("sparsecnn"),
+    derandomize=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sparsecnn"))
+
+ISA_NAMES = ("avx512", "avx2", "portable")
+
+
+@pytest.fixture(params=ISA_NAMES)
+def isa(request) -> str:
+    """Runs the test with each kernel variant the CPU supports forced (others are skipped).
+
+    The test body must not call ``use_isa`` itself (its lock is held for the whole test).
+    """
+    name = request.param
+    if not ops.isa_supported(name):
+        pytest.skip(f"ISA {name!r} is not supported by this CPU")
+    with ops.use_isa(name):
+        assert ops.active_isa() == name
+        yield name
+
