@@ -67,28 +67,56 @@ def test_kernel_widening():
     assert FC.widening() == 1.0
     wide = LayerSpec("w", "conv", 8, 8, (1, 1), input_hw=(64, 64))
     assert wide.widening() == 1.0 and wide.is_direct() and wide.copy_bytes(2) == wide.input_bytes(2)
-    # stride 2, 3x3, pad 1 on 56x56: OW=28, wrow = 28 + 1, two phases each way
+    # stride 2, 3x3, pad 1 on 56x56: OW=28, dqmax = 1, wrow = 29 -> aligned to 32 (+10 %),
+    # two phases each way, hrows = OH + 1 + 1, two replicas (dq = 0, 1)
     s2 = LayerSpec("s2", "conv", 128, 128, (3, 3), (2, 2), (1, 1), input_hw=(56, 56))
-    assert s2.row_width() == 29 and not s2.is_direct()
-    assert s2.copy_bytes(1) == s2.input_bytes(1) + 4 * 128 * 4 * 30 * 29  # hrows = OH + 1 + 1
+    assert s2.shifts() == (1, 1) and s2.row_width() == 32 and s2.replicas() == 2 and not s2.is_direct()
+    assert s2.copy_bytes(1) == s2.input_bytes(1) + 4 * 128 * 4 * 30 * 32 * 2
+    # 5x5 pad 2 on 27x27 (CaffeNet conv2): wrow = 31 -> 32, 5 replicas, hrows = 27 + 4 + 1
+    c2 = CONV2
+    assert c2.row_width() == 32 and c2.replicas() == 5 and c2.phased_rows() == 32
+    assert c2.copy_bytes(2) == c2.input_bytes(2) + 4 * 2 * 96 * 32 * 32 * 5
+    assert c2.kernel_positions() == 27 * 32
+    # 7x7 map, 3x3: wrow = 9 -> 16 would widen by 78 %: not aligned, one copy
+    s7 = LayerSpec("s7", "conv", 512, 512, (3, 3), padding=(1, 1), input_hw=(7, 7))
+    assert s7.row_width() == 9 and s7.replicas() == 1 and s7.kernel_positions() == 64
+    # 7x7 kernel, stride 1 (dqmax = 6: 7 replicas > 5): never aligned
+    big = LayerSpec("k7", "conv", 3, 64, (7, 7), (1, 1), (3, 3), input_hw=(60, 60))
+    assert big.replicas() == 1 and big.row_width() == 60 + 6
+    # stride 2 (ResNet stem): dqmax = 3, wrow = 115 -> 128 (+11 %), 4 replicas, 4 phases
+    stem = LayerSpec("k7", "conv", 3, 64, (7, 7), (2, 2), (3, 3), input_hw=(224, 224))
+    assert stem.replicas() == 4 and stem.row_width() == 128 and stem.phases() == 4
+
+
+def test_kernel_plan_mirrors_conv_cpp():
+    # 13x13 3x3: 13 rows x 16 = 208 positions = 13 vectors, one chunk; 2 images per tile (26 <= 28)
+    assert CONV5.kernel_plan(1) == {"vectors": 13, "chunks": 1, "nb": 1, "blocks": 1}
+    assert CONV5.kernel_plan(16) == {"vectors": 13, "chunks": 1, "nb": 2, "blocks": 8}
+    # 27x32 = 864 positions = 54 vectors -> 4 balanced chunks of <= 14: nb = 2 (28 <= 28)
+    assert CONV2.kernel_plan(16) == {"vectors": 54, "chunks": 4, "nb": 2, "blocks": 8}
+    # 7x7 1x1 direct: 49 positions -> 4 vectors, 4 images per tile
+    s = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
+    assert s.kernel_plan(16) == {"vectors": 4, "chunks": 1, "nb": 4, "blocks": 4}
+    assert s.kernel_plan(3)["nb"] == 3
 
 
 # ---------------------------------------------------------------------- formulas
 @pytest.mark.parametrize("spec,batch", [(CONV5, 1), (CONV5, 16), (CONV2, 4), (FC, 1), (FC, 64)])
 @pytest.mark.parametrize("c_nz,c_out", [(0.0, 0.0), (2e-9, 1e-9)])
-def test_bounds_closed_form(spec, batch, c_nz, c_out):
-    m = _model(c_nz=c_nz, c_out=c_out, threads=2)
+@pytest.mark.parametrize("a_batch", [None, 4.0])
+def test_bounds_closed_form(spec, batch, c_nz, c_out, a_batch):
+    m = _model(c_nz=c_nz, c_out=c_out, threads=2, a_batch=a_batch)
     t_dense = m.dense_time(spec, batch)
-    fixed = m.t0 + m.pad_time(spec, batch)
+    plan = spec.kernel_plan(batch, 16, 28)
+    fixed = m.t0 + m.pad_time(spec, batch) + c_out * batch * spec.out_channels * plan["vectors"] / 2
     bw = m.bandwidth(spec, batch)
-    plan = spec.kernel_plan(batch, 16, 24)
-    kc = (m.a * spec.flops(batch) * spec.widening() / m.machine.F
+    a = a_batch if (a_batch and plan["nb"] > 1) else m.a
+    kc = (a * spec.flops(batch) * spec.widening() / m.machine.F
           + c_nz * spec.weight_numel * plan["chunks"] * plan["blocks"] / 2)
-    c0 = c_out * batch * spec.out_channels * plan["vectors"] / 2
     b0 = spec.act_bytes(batch) / bw
     kb = m.b * spec.weight_bytes() / m.weight_bandwidth(spec)
-    be = min((t_dense - fixed - c0) / kc, (t_dense - fixed - b0) / kb)
-    sat = min(1.0, max(0.0, (b0 - c0) / (kc - kb))) if kc > kb else 1.0
+    be = min((t_dense - fixed) / kc, (t_dense - fixed - b0) / kb)
+    sat = min(1.0, max(0.0, (fixed + b0) / (kc - kb))) if kc > kb else 1.0
     ur = m.useful_range(spec, batch)
     assert ur is not None
     assert ur[0] == pytest.approx(min(be, 1.0), rel=1e-12)
@@ -96,9 +124,24 @@ def test_bounds_closed_form(spec, batch, c_nz, c_out):
     if be < 1.0:
         assert m.predict(spec, ur[0], batch).speedup == pytest.approx(1.0, rel=1e-9)
         assert m.predict(spec, ur[0] * 0.9, batch).speedup > 1.0
-    if 0.0 < sat < 1.0:
+    if 0.0 < sat < 1.0:  # FMA work = density-independent floor (fixed + S_A/B + b x S_W/B)
         p = m.predict(spec, sat, batch)
-        assert p.t_compute == pytest.approx(p.t_bw, rel=1e-9)
+        assert p.t_compute == pytest.approx(p.t_fixed + p.t_bw, rel=1e-9)
+        assert p.t_sparse <= 2 * p.t_compute * (1 + 1e-9)
+    # the compute term has no constant part: the saturation density is never 0
+    assert ur[1] > 0
+
+
+def test_saturation_is_positive_for_small_convs():
+    # fmnist_vgg-like convs: the old fit made them compute bound at every density (sat = 0),
+    # so GSL's stop rule never fired
+    m = _model(threads=2, c_nz=1e-9, c_out=2e-9, a=1.0, a_batch=1.8, t0=40e-6)
+    for cin, cout, hw in ((1, 32, 28), (32, 32, 28), (32, 64, 14), (64, 64, 14), (64, 128, 7)):
+        s = LayerSpec("c", "conv", cin, cout, (3, 3), padding=(1, 1), input_hw=(hw, hw))
+        for batch in (1, 64):
+            ur = m.useful_range(s, batch)
+            if ur is not None:
+                assert 0 < ur[1] <= ur[0]
 
 
 def test_paper_model_reduces_to_paper_formula():
@@ -218,15 +261,20 @@ def test_stale_cache_recalibrates_with_warning(cache_env, caplog):
 
 
 def test_nelder_mead_fit_recovers_constants():
-    truth = _model(a=2.2, b=1.7, t0=15e-6)
-    specs = [(CONV5, 0.02, 1), (CONV5, 0.3, 1), (CONV2, 0.1, 4), (FC, 0.05, 1), (FC, 0.3, 8),
+    s7 = LayerSpec("s7", "conv", 256, 256, (1, 1), input_hw=(7, 7))
+    specs = [(CONV5, 0.02, 1), (CONV5, 0.3, 1), (CONV5, 0.1, 8), (CONV2, 0.1, 4), (CONV2, 0.05, 16),
+             (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1),
              (LayerSpec("t", "conv", 16, 16, (3, 3), padding=(1, 1), input_hw=(8, 8)), 0.2, 1)]
+    truth = _model(a=1.1, a_batch=1.8, t0=40e-6, threads=2, B_copy=8e9)
+    truth.machine.B_copy_llc = 30e9
+    cal._set_params(truth, [1.1, 1.8, 40e-6, 1 / 8e9, 1 / 30e9])  # ties c_nz, c_out to a
     samples = [{"spec": s.to_dict(), "density": x, "batch": b, "t": truth.predict(s, x, b).t_sparse}
                for s, x, b in specs]
-    m = _model(a=1.0, b=1.0, t0=1e-6)
+    m = _model(a=1.0, t0=1e-6, threads=2, B_copy=8e9, B_llc=30e9)  # the probes (priors) agree
     a, b, t0, rms = cal.fit_kernel(m, samples)
-    assert rms < 1e-3
-    assert a == pytest.approx(2.2, rel=0.02) and t0 == pytest.approx(15e-6, rel=0.05)
+    assert rms < 2e-3 and b == 2.0  # b is fixed, not fitted
+    assert a == pytest.approx(1.1, rel=0.03) and m.a_batch == pytest.approx(1.8, rel=0.03)
+    assert t0 == pytest.approx(40e-6, rel=0.1) and m.machine.B_copy_llc == pytest.approx(30e9, rel=0.1)
 
 
 # ---------------------------------------------------------------------- CLI

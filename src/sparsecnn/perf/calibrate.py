@@ -1,15 +1,15 @@
 """Probe the machine, fit the sparse-kernel constants, and cache the result as JSON.
 
-Steps (about 15-30 s, ``quick=True`` about 5-10 s):
+Steps (about 25-45 s, ``quick=True`` about 10 s):
 
 1. ``F``: SGEMM FLOP/s (``torch.mm``), ``B_dram``/``B_llc``: STREAM triad on arrays
    far bigger than L3 / fitting L3, ``B_copy``: STREAM copy (DRAM).
-2. Time ``sparsecnn.sparse_conv2d`` on a few synthetic layers and densities, and
-   fit ``a`` (compute overhead), ``b`` (sparse storage overhead) and ``t0``
-   (fixed per-call cost) of :class:`~sparsecnn.perf.model.PerfModel` by minimising
-   the squared log error (Nelder-Mead, no scipy needed).
-3. Time ``F.conv2d`` on the same layers and fit the fallback dense roof
-   ``F_conv = F_conv_max * C / (C + C_half)``.
+2. Time ``sparsecnn.sparse_conv2d`` and ``F.conv2d`` interleaved (:func:`time_interleaved`)
+   on synthetic layers shaped like the targets, 2 densities, batch 1 and 4-16, and fit
+   ``a``, ``a_batch``, ``t0``, ``B_copy``, ``B_copy_llc`` of
+   :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Nelder-Mead, no scipy needed);
+   ``b`` is fixed at 1.5.
+3. Fit the fallback dense roof ``F_conv = F_conv_max * C / (C + C_half)`` on the dense times.
 
 Cache file: ``<dir>/perf-<key>.json``, ``<dir>`` = ``$SPARSECNN_CACHE_DIR`` or
 ``$XDG_CACHE_HOME/sparsecnn`` or ``~/.cache/sparsecnn``; ``<key>`` hashes CPU
@@ -200,43 +200,84 @@ def _spec(name: str, cin: int, cout: int, k: int, hw: int, pad: int, stride: int
                      groups, (hw, hw))
 
 
-#: (spec, densities, batches) timed during calibration
+#: (spec, densities, batches) timed during calibration: shapes like the layers the model is
+#: used on (13x13 and 7x7 maps with few vectors per row, a grouped 5x5, a strided 3x3, 1x1
+#: direct layers, a large 56x56 map) and a tiny layer that is all fixed cost.
 CALIB_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
-    (_spec("c3x3_28", 128, 128, 3, 28, 1), (0.05, 0.2, 0.5), (1, 4)),
-    (_spec("c3x3_14", 256, 256, 3, 14, 1), (0.03, 0.15, 0.4), (1, 8)),
-    (_spec("c1x1_7", 1024, 512, 1, 7, 0), (0.02, 0.1, 0.4), (1, 8)),
-    (_spec("c5x5_27g2", 96, 256, 5, 27, 2, groups=2), (0.1, 0.3), (1,)),
-    (_spec("c3x3_56", 64, 64, 3, 56, 1), (0.1, 0.4), (1, 4)),
+    (_spec("c3x3_13", 192, 192, 3, 13, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c5x5_27g2", 96, 256, 5, 27, 2, groups=2), (0.05, 0.3), (1, 16)),
+    (_spec("c3x3_56", 64, 64, 3, 56, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c3x3s2_56", 128, 128, 3, 56, 1, stride=2), (0.05, 0.3), (1, 4)),
+    (_spec("c3x3_7", 512, 512, 3, 7, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c1x1_28", 512, 128, 1, 28, 0), (0.05, 0.3), (1, 8)),
+    (_spec("c1x1_14", 256, 512, 1, 14, 0), (0.05, 0.3), (1, 8)),
     (_spec("tiny", 16, 16, 3, 8, 1), (0.2,), (1,)),
 ]
 QUICK_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
-    (_spec("c3x3_14", 128, 128, 3, 14, 1), (0.05, 0.4), (1,)),
+    (_spec("c3x3_14", 128, 128, 3, 14, 1), (0.05, 0.4), (1, 4)),
     (_spec("c1x1_7", 512, 256, 1, 7, 0), (0.03, 0.3), (1,)),
     (_spec("tiny", 16, 16, 3, 8, 1), (0.2,), (1,)),
 ]
 
+#: quantile of the interleaved call times used as "the" time of a call (see time_interleaved)
+TIME_QUANTILE = 0.1
+
+#: fitted constants: (attribute, initial value); all positive, fitted in log space
+FIT_PARAMS: tuple[tuple[str, float], ...] = (
+    ("a", 3.0), ("a_batch", 3.0), ("t0", 3e-5), ("inv_B_copy", 1 / 10e9), ("inv_B_copy_llc", 1 / 30e9))
+#: scalar work per (nonzero, tile) visit and per output vector (epilogue), in vector-FMA
+#: slots of one thread: broadcast + column + table load; store + unwiden (fixed, not fitted)
+NZ_SLOTS, OUT_SLOTS = 1.0, 2.0
+
+
+def _set_params(model: PerfModel, p: Sequence[float]) -> None:
+    for (name, _), v in zip(FIT_PARAMS, p):
+        if name.startswith("inv_"):
+            setattr(model.machine, name[4:], 1.0 / v)
+        else:
+            setattr(model, name, float(v))
+    slot = model.a * 2 * model.machine.simd[0] * max(1, model.machine.threads) / model.machine.F
+    model.c_nz, model.c_out = NZ_SLOTS * slot, OUT_SLOTS * slot
+
 
 def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> tuple[float, float, float, float]:
-    """Fit ``a``, ``b``, ``t0``, ``c_nz``, ``c_out`` on ``samples`` (dicts with spec,
-    density, batch, t) in place, minimising the squared log error of the time.
+    """Fit ``a``, ``a_batch``, ``t0`` and ``B_copy`` on ``samples`` (dicts with spec,
+    density, batch, t) in place; ``b`` stays fixed (1.5), ``c_nz``/``c_out`` follow ``a``
+    (:data:`NZ_SLOTS`, :data:`OUT_SLOTS` vector-FMA slots).
 
-    Returns ``(a, b, t0, rms_log_error)``.
+    Minimises a robust (soft-L1) loss of the log time ratio with Nelder-Mead, so that a
+    few samples slowed by other processes do not drag the fit. Returns
+    ``(a, b, t0, rms_log_error)``.
     """
     specs = [(LayerSpec.from_dict(s["spec"]), s["density"], s["batch"], s["t"]) for s in samples]
+    has_batch = any(spec.kernel_plan(bsz, *model.machine.simd)["nb"] > 1 for spec, _, bsz, _ in specs)
 
-    def loss(p: np.ndarray) -> float:
-        model.a, model.b, model.t0 = math.exp(p[0]), math.exp(p[1]), math.exp(p[2])
-        model.c_nz, model.c_out = math.exp(p[3]), math.exp(p[4])
-        err = 0.0
-        for spec, x, bsz, t in specs:
+    def errors(lp: np.ndarray) -> list[float]:
+        _set_params(model, np.exp(lp))
+        if not has_batch:
+            model.a_batch = model.a
+        out = []
+        for spec, x, bsz, tt in specs:
             tf, tc, tb = model.terms(spec, x, bsz)
-            err += math.log((tf + max(tc, tb)) / t) ** 2
-        return err
+            out.append(math.log((tf + max(tc, tb)) / tt))
+        return out
 
-    x0 = [math.log(2.0), math.log(2.0), math.log(1e-5), math.log(1e-9), math.log(1e-10)]
-    best = nelder_mead(loss, x0, step=1.0, iters=1500)
-    best = nelder_mead(loss, best, step=0.3, iters=1500)  # restart: NM stalls in 5-D
-    rms = math.sqrt(loss(best) / max(1, len(specs)))
+    # weak priors from the STREAM probes keep the copy bandwidths sane when the samples do
+    # not identify them (a factor of 4 off the probe costs as much as one 10 % misfit)
+    mach = model.machine
+    prior = {"inv_B_copy": 1.0 / mach.B_copy, "inv_B_copy_llc": 1.0 / max(mach.B_llc, mach.B_copy)}
+    lp_prior = np.array([math.log(prior.get(n, v)) for n, v in FIT_PARAMS])
+    has_prior = np.array([n in prior for n, _ in FIT_PARAMS])
+
+    def loss(lp: np.ndarray) -> float:
+        fit = sum(math.sqrt(1.0 + (e / 0.1) ** 2) - 1.0 for e in errors(lp))
+        return fit + 0.4 * float(np.sum(((lp - lp_prior)[has_prior] / math.log(4.0)) ** 2))
+
+    lp0 = np.where(has_prior, lp_prior, np.log([v for _, v in FIT_PARAMS]))
+    best = nelder_mead(loss, lp0, step=1.0, iters=1500)
+    best = nelder_mead(loss, best, step=0.2, iters=1500)  # restart: NM may stall
+    errs = errors(best)
+    rms = math.sqrt(sum(e * e for e in errs) / max(1, len(errs)))
     return model.a, model.b, model.t0, rms
 
 
@@ -251,6 +292,66 @@ def fit_dense(samples: list[tuple[int, float]], F: float) -> tuple[float, float]
 
     p = nelder_mead(loss, [math.log(F), math.log(1e6)], step=1.0, iters=400)
     return math.exp(p[0]), math.exp(p[1])
+
+
+def _dense_fn(spec: LayerSpec, x: torch.Tensor) -> Callable[[], object]:
+    import torch.nn.functional as F
+
+    if spec.kind == "linear":
+        w = torch.randn(spec.out_channels, spec.in_channels)
+        return lambda: F.linear(x.reshape(x.shape[0], -1), w)
+    w = torch.randn(spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
+    return lambda: F.conv2d(x, w, None, spec.stride, spec.padding, spec.dilation, spec.groups)
+
+
+def time_interleaved(spec: LayerSpec, weights: Sequence[torch.Tensor], batch: int, rounds: int = 5,
+                     min_time: float = 0.01, threads: int | None = None,
+                     q: float = TIME_QUANTILE,
+                     quiet: probe.QuietWaiter | None = None) -> tuple[float, list[float]]:
+    """Seconds of one dense layer call and of one sparse kernel call for each weight.
+
+    Dense and sparse calls are interleaved over ``rounds`` (each item runs for at least
+    ``min_time`` and 3 calls per round) so that load from other processes hits both alike;
+    the result per item is the ``q``-quantile of all its calls (``q = 0.5``: the median).
+    Load from other processes only ever adds time -- a preempted worker stalls a whole
+    parallel call -- so a low quantile estimates the unloaded time better than the median
+    on a shared machine. With ``quiet``, each round first waits (within its budget) until
+    other processes leave the CPUs alone. Returns ``(t_dense, [t_sparse per weight])``.
+    """
+    import sparsecnn
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(probe.num_threads(threads))
+    try:
+        with torch.inference_mode():
+            x = torch.randn(batch, spec.in_channels, *spec.input_hw)
+            fns = [_dense_fn(spec, x)]
+            for w in weights:
+                sw = sparsecnn.SparseWeight.from_dense(w, groups=spec.groups)
+                fns.append(lambda sw=sw: sparsecnn.sparse_conv2d(
+                    x, sw, bias=None, stride=spec.stride, padding=spec.padding,
+                    dilation=spec.dilation, groups=spec.groups))
+            for fn in fns:  # warm-up: scratch buffers, oneDNN primitive cache, thread pools
+                fn()
+                fn()
+            calls: list[list[float]] = [[] for _ in fns]
+            for _ in range(max(1, rounds)):
+                if quiet is not None:
+                    quiet.wait()
+                for i, fn in enumerate(fns):
+                    spent, n = 0.0, 0
+                    while n < 3 or spent < min_time:
+                        t = time.perf_counter()
+                        fn()
+                        dt = time.perf_counter() - t
+                        calls[i].append(dt)
+                        spent, n = spent + dt, n + 1
+                        if n >= 200:
+                            break
+    finally:
+        torch.set_num_threads(old)
+    qs = [float(np.quantile(c, q)) for c in calls]
+    return qs[0], qs[1:]
 
 
 def calibrate(threads: int | None = None, quick: bool = False,
@@ -273,24 +374,29 @@ def calibrate(threads: int | None = None, quick: bool = False,
     model = PerfModel(machine=machine)
 
     pts = points if points is not None else (QUICK_POINTS if quick else CALIB_POINTS)
-    min_time = 0.02 if quick else 0.06
+    min_time = 0.005 if quick else 0.01
     samples: list[dict[str, Any]] = []
     dense_samples: list[tuple[int, float]] = []
+    quiet = probe.QuietWaiter(budget=3.0 if quick else 10.0)
     for spec, densities, batches in pts:
+        ws = [random_sparse_weight(spec, x, seed=i) for i, x in enumerate(densities)]
         for bsz in batches:
-            td = probe.dense_conv_time(spec, bsz, min_time=min_time, threads=threads)
+            td, tss = time_interleaved(spec, ws, bsz, rounds=5, min_time=min_time, threads=threads,
+                                       quiet=quiet)
             model.dense[model.dense_key(spec, bsz)] = td
             dense_samples.append((spec.flops(bsz), td))
-            for i, x in enumerate(densities):
-                w = random_sparse_weight(spec, x, seed=i)
+            for w, t in zip(ws, tss):
                 xr = float((w != 0).float().mean())
-                t = time_sparse(spec, w, bsz, min_time=min_time, threads=threads)
                 samples.append({"spec": spec.to_dict(), "density": xr, "batch": bsz, "t": t})
     a, b, t0, rms = fit_kernel(model, samples)
     machine.F_conv_max, machine.C_half = fit_dense(dense_samples, F)
     model.fit_info = {"samples": samples, "rms_log_error": rms, "quick": quick,
+                      "waited_for_quiet_s": round(quiet.waited, 2), "busy_rounds": quiet.busy_rounds,
                       "seconds": round(time.perf_counter() - t_start, 2)}
-    log.info("fit: a=%.3f b=%.3f t0=%.1f us c_nz=%.2f ns c_out=%.2f ns (rms log err %.3f) "
-             "F_conv_max=%.1f GFLOP/s C_half=%.3g in %.1f s", a, b, t0 * 1e6, model.c_nz * 1e9,
-             model.c_out * 1e9, rms, machine.F_conv_max / 1e9, machine.C_half, model.fit_info["seconds"])
+    log.info("fit: a=%.3f a_batch=%.3f b=%.2f (fixed) t0=%.1f us c_nz=%.2f ns c_out=%.2f ns "
+             "B_copy=%.1f GB/s B_copy_llc=%.1f GB/s (rms log err %.3f) "
+             "F_conv_max=%.1f GFLOP/s C_half=%.3g in %.1f s",
+             a, model.a_batch or a, b, t0 * 1e6, model.c_nz * 1e9, model.c_out * 1e9,
+             machine.B_copy / 1e9, machine.B_copy_llc / 1e9, rms, machine.F_conv_max / 1e9, machine.C_half,
+             model.fit_info["seconds"])
     return model

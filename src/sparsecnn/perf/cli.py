@@ -162,7 +162,8 @@ def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
     m = model.machine
     head = (f"# {m.cpu}, {m.isa}, {m.threads} threads: F={m.F / 1e9:.0f} GFLOP/s, "
             f"B_dram={m.B_dram / 1e9:.1f} GB/s, B_llc={m.B_llc / 1e9:.1f} GB/s; "
-            f"a={model.a:.2f} b={model.b:.2f} t0={model.t0 * 1e6:.1f} us; batch {batch}")
+            f"a={model.a:.2f} a_batch={model.a_batch or model.a:.2f} b={model.b:.2f} "
+            f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; batch {batch}")
     cols = ("layer", "shape", "GFLOP", "S_A MB", "S_W MB", "density", "dense ms", "sparse ms",
             "speedup", "useful x (sat..b-e)", "bound")
     lines = [head, "  ".join(f"{c:>12}" if i else f"{c:<24}" for i, c in enumerate(cols))]
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     save(model, model.machine.threads)  # keeps newly measured dense timings
 
     out: dict[str, Any] = {"network": args.network, "batch": batch, "model": {
-        "a": model.a, "b": model.b, "t0": model.t0, "F": model.machine.F,
+        "a": model.a, "a_batch": model.a_batch, "b": model.b, "t0": model.t0, "F": model.machine.F,
         "B_dram": model.machine.B_dram, "B_llc": model.machine.B_llc}, "layers": rows}
 
     if args.plot:
@@ -266,19 +267,19 @@ def _measure_for_plot(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
                       ) -> dict[str, list[tuple[float, float, float]]]:
     """Measured (density, t_dense, t_sparse) on random masks for the plotted layers."""
     try:
-        from .calibrate import random_sparse_weight, time_sparse
-        from .probe import dense_conv_time
+        from .calibrate import random_sparse_weight, time_interleaved
+        from .probe import QuietWaiter
 
         out: dict[str, list[tuple[float, float, float]]] = {}
+        quiet = QuietWaiter(budget=20.0)
         for spec in specs:
             if spec.kind != "conv":
                 continue
-            td = dense_conv_time(spec, batch, threads=model.machine.threads)
-            out[spec.name] = []
-            for i, x in enumerate(densities):
-                w = random_sparse_weight(spec, x, seed=i)
-                ts = time_sparse(spec, w, batch, threads=model.machine.threads)
-                out[spec.name].append((float((w != 0).float().mean()), td, ts))
+            ws = [random_sparse_weight(spec, x, seed=i) for i, x in enumerate(densities)]
+            td, tss = time_interleaved(spec, ws, batch, rounds=5, min_time=0.01,
+                                       threads=model.machine.threads, quiet=quiet)
+            model.dense[model.dense_key(spec, batch)] = td
+            out[spec.name] = [(float((w != 0).float().mean()), td, ts) for w, ts in zip(ws, tss)]
         return out
     except Exception as e:  # noqa: BLE001
         log.warning("no measured points on the plot (%s)", e)

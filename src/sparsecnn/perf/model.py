@@ -7,24 +7,27 @@ The paper's model::
 
 with ``C`` the dense FLOPs, ``x`` the weight density, ``S_A``/``S_W`` activation and
 dense weight bytes, ``F`` SGEMM FLOP/s and ``B`` memory bandwidth. This module keeps
-that shape but refines each term for this library's kernel and this machine::
+that shape but refines each term for this library's kernel (csrc/conv.cpp) and machine::
 
-    t_dense  = C / F_conv(layer, batch)          measured oneDNN conv time of the layer
-                                                 (or fitted F_conv = Fc * C / (C + C_half))
-    t_sparse = t0 + t_pad + max(t_compute, t_bw)
-    t_compute = a * x * C * w / F                w = widening: the kernel computes
-                                                 ceil16(OH * wrow) positions per plane,
-                                                 wrow = OW + (kw-1)//stride (= W + 2 pad)
-    t_compute += c_out * N*OC*vectors/threads + c_nz * nnz*chunks*blocks/threads
-                                                 (epilogue, per-nonzero visit of each tile)
-    t_bw      = S_A / B_act + b * x * S_W / B_w  B_act, B_w = L3 triad bandwidth when that
-                                                 stream fits in L3, DRAM triad otherwise
-    t_pad     = copy_bytes / B_copy_eff          the padded/stride-phased copy of the input
-                                                 (or its read-only scan for 1x1 layers)
+    t_dense   = C / F_conv(layer, batch)        measured oneDNN conv time of the layer
+                                                (or fitted F_conv = Fc * C / (C + C_half))
+    t_sparse  = t_fixed + max(t_compute, t_bw)
+    t_fixed   = t0                              per call: dispatch, validation, table, pool
+              + copy_bytes / B_copy             phased input + (dqmax+1) aligned replicas
+                                                (a read-only scan for direct 1x1 layers);
+                                                B_copy_llc when it fits in L3
+              + c_out * N * OC * vectors / th   epilogue (bias/ReLU/unwiden store)
+    t_compute = a_nb * x * C * w / F            vector FMAs over the widened positions:
+                                                w = ceil16(OH * wrow) / (OH * OW); a_nb = a
+                                                for 1-image tiles, a_batch for nb > 1
+              + c_nz * x * K * chunks * blocks / th     scalar work per (nonzero, tile)
+    t_bw      = S_A / B_act + b * x * S_W / B_w         b = 1.5 (4-byte value + 2-byte index)
 
-``a`` (compute overhead), ``b`` (index storage overhead) and ``t0`` (per-call fixed
-cost) are fitted by :mod:`sparsecnn.perf.calibrate`. Both sparse terms are linear
-in ``x``, so the useful density range has a closed form (:meth:`PerfModel.useful_range`).
+``a * 2 * 16 / F`` is the time of one 16-float vector FMA (per thread, ``F`` counts all
+threads), so ``a`` is how far the kernel's FMA rate is below SGEMM. ``a``, ``a_batch``,
+``t0``, ``B_copy`` and ``B_copy_llc`` are fitted (``c_nz``, ``c_out`` are tied to ``a``) by :mod:`sparsecnn.perf.calibrate`;
+``b`` is fixed. Both sparse terms are linear in ``x`` and ``t_compute(0) = 0``, so the
+useful density range has a closed form (:meth:`PerfModel.useful_range`).
 
 Example:
     >>> from sparsecnn.perf import LayerSpec, PerfModel
@@ -49,10 +52,13 @@ __all__ = ["Machine", "Prediction", "PerfModel", "SCHEMA_VERSION"]
 log = logging.getLogger(__name__)
 
 #: (vector width in floats, max accumulators) of the conv micro-kernel per ISA (csrc/isa/*.cpp)
-ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 24), "avx2": (8, 12), "portable": (8, 8)}
+ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 12), "portable": (8, 8)}
 
 #: bump when the JSON layout or the meaning of a fitted constant changes
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+#: storage overhead of the sparse weights: 4-byte value + 2-byte column index per nonzero
+B_STORAGE = 1.5
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Machine:
     B_dram: float
     B_llc: float = 0.0
     B_copy: float = 0.0
+    #: copy bandwidth when the phased input fits in L3 (defaults to ``B_copy``)
+    B_copy_llc: float = 0.0
     l2_bytes: int = 1 << 20
     l3_bytes: int = 32 << 20
     threads: int = 1
@@ -87,6 +95,7 @@ class Machine:
         self.F, self.B_dram = float(self.F), float(self.B_dram)
         self.B_llc = float(self.B_llc or self.B_dram)
         self.B_copy = float(self.B_copy or self.B_dram)
+        self.B_copy_llc = float(self.B_copy_llc or self.B_copy)
         self.F_conv_max = float(self.F_conv_max or self.F)
 
 
@@ -121,9 +130,13 @@ class PerfModel:
     """
 
     machine: Machine
+    #: vector-FMA time relative to SGEMM for 1-image tiles (batch 1)
     a: float = 3.0
-    b: float = 2.0
+    #: storage overhead (bytes per nonzero / 4); fixed, not fitted
+    b: float = B_STORAGE
     t0: float = 0.0
+    #: vector-FMA time relative to SGEMM for tiles of nb > 1 images (None: same as ``a``)
+    a_batch: float | None = None
     #: seconds per (nonzero, position tile) visit on one thread: index/broadcast overhead
     c_nz: float = 0.0
     #: seconds per output vector on one thread: epilogue (bias/ReLU/unwiden store)
@@ -137,10 +150,11 @@ class PerfModel:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def synthetic(cls, F: float, B: float, a: float = 3.0, b: float = 2.0, t0: float = 0.0,
+    def synthetic(cls, F: float, B: float, a: float = 3.0, b: float = B_STORAGE, t0: float = 0.0,
                   B_llc: float | None = None, B_copy: float | None = None,
                   F_conv: float | None = None, threads: int = 1, c_nz: float = 0.0,
-                  c_out: float = 0.0, isa: str = "avx512") -> "PerfModel":
+                  c_out: float = 0.0, isa: str = "avx512",
+                  a_batch: float | None = None) -> "PerfModel":
         """A model with given constants, no probing; dense conv runs at ``F_conv`` (default ``F``).
 
         Example:
@@ -149,7 +163,8 @@ class PerfModel:
         """
         m = Machine(F=F, B_dram=B, B_llc=B_llc or B, B_copy=B_copy or B,
                     F_conv_max=F_conv or F, C_half=0.0, threads=threads, isa=isa)
-        return cls(machine=m, a=a, b=b, t0=t0, c_nz=c_nz, c_out=c_out, measure_dense=False)
+        return cls(machine=m, a=a, b=b, t0=t0, c_nz=c_nz, c_out=c_out, a_batch=a_batch,
+                   measure_dense=False)
 
     @classmethod
     def load_or_calibrate(cls, recalibrate: bool = False, threads: int | None = None,
@@ -170,7 +185,7 @@ class PerfModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
         return {"schema": self.schema, "machine": asdict(self.machine), "a": self.a, "b": self.b,
-                "t0": self.t0, "c_nz": self.c_nz, "c_out": self.c_out, "dense": dict(self.dense), "fit_info": self.fit_info,
+                "t0": self.t0, "a_batch": self.a_batch, "c_nz": self.c_nz, "c_out": self.c_out, "dense": dict(self.dense), "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
 
     @classmethod
@@ -179,10 +194,11 @@ class PerfModel:
         if int(d.get("schema", -1)) != SCHEMA_VERSION:
             raise ValueError(f"schema {d.get('schema')} != {SCHEMA_VERSION}")
         m = cls(machine=Machine(**d["machine"]), a=float(d["a"]), b=float(d["b"]),
-                t0=float(d["t0"]), c_nz=float(d.get("c_nz", 0.0)), c_out=float(d.get("c_out", 0.0)),
+                t0=float(d["t0"]),
+                a_batch=None if d.get("a_batch") is None else float(d["a_batch"]), c_nz=float(d.get("c_nz", 0.0)), c_out=float(d.get("c_out", 0.0)),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
-        for v in (m.a, m.b, m.t0, m.c_nz, m.c_out, m.machine.F, m.machine.B_dram):
+        for v in (m.a, m.b, m.t0, m.c_nz, m.c_out, m.machine.F, m.machine.B_dram, m.a_batch or 0.0):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
         if m.machine.F <= 0 or m.machine.B_dram <= 0:
@@ -205,12 +221,11 @@ class PerfModel:
 
     def pad_time(self, spec: LayerSpec, batch: int) -> float:
         """Time of the kernel's input pass: phased/padded copy, or a read-only finiteness scan."""
-        nbytes = spec.copy_bytes(batch)
+        nbytes = spec.copy_bytes(batch, self.machine.simd[0])
         if not nbytes:
             return 0.0
         in_cache = nbytes <= 0.75 * self.machine.l3_bytes
-        bw = max(self.machine.B_copy, self.machine.B_llc) if in_cache else self.machine.B_copy
-        return nbytes / bw
+        return nbytes / (self.machine.B_copy_llc if in_cache else self.machine.B_copy)
 
     def dense_key(self, spec: LayerSpec, batch: int) -> str:
         """Cache key for the dense timing of ``spec`` at ``batch``."""
@@ -242,21 +257,22 @@ class PerfModel:
     def coefficients(self, spec: LayerSpec, batch: int) -> tuple[float, float, float, float, float]:
         """``(t_fixed, c0, kc, b0, kb)`` with ``t_compute = c0 + kc x`` and ``t_bw = b0 + kb x``.
 
-        * ``kc x = a x C w / F + c_nz * nnz * chunks * blocks / threads`` (FMAs over the
-          widened positions, plus a per-nonzero-visit cost),
-        * ``c0 = c_out * N * OC * vectors / threads`` (epilogue),
+        * ``kc x = a_nb x C w / F + c_nz x K chunks blocks / threads`` (vector FMAs over the
+          widened positions, ``a_nb`` = ``a`` for 1-image tiles, ``a_batch`` when ``nb > 1``;
+          plus the scalar work per nonzero and tile), ``c0 = 0``,
         * ``b0 = S_A / B_act``, ``kb = b S_W / B_w`` (L3 or DRAM roof, see :meth:`bandwidth`),
-        * ``t_fixed = t0 + t_pad``.
+        * ``t_fixed = t0 + copy_bytes / B_copy + c_out N OC vectors / threads``.
         """
-        pl = self.plan(spec, batch)
+        simd, max_acc = self.machine.simd
+        pl = spec.kernel_plan(batch, simd, max_acc)
         th = max(1, self.machine.threads)
-        c = spec.flops(batch)
-        kc = self.a * c * spec.widening(*self.machine.simd) / self.machine.F
+        a_nb = self.a if pl["nb"] <= 1 or self.a_batch is None else self.a_batch
+        kc = a_nb * spec.flops(batch) * spec.widening(simd, max_acc) / self.machine.F
         kc += self.c_nz * spec.weight_numel * pl["chunks"] * pl["blocks"] / th
-        c0 = self.c_out * batch * spec.out_channels * pl["vectors"] / th
+        epi = self.c_out * batch * spec.out_channels * pl["vectors"] / th
         b0 = spec.act_bytes(batch) / self.bandwidth(spec, batch)
         kb = self.b * spec.weight_bytes() / self.weight_bandwidth(spec)
-        return self.t0 + self.pad_time(spec, batch), c0, kc, b0, kb
+        return self.t0 + self.pad_time(spec, batch) + epi, 0.0, kc, b0, kb
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
@@ -300,19 +316,21 @@ class PerfModel:
         return min(xc, xb)
 
     def saturation_density(self, spec: LayerSpec, batch: int = 1) -> float:
-        """Density where ``t_compute = t_bw`` (paper's upper bound of useful sparsity), in [0, 1].
+        """Density below which pruning buys little (upper bound of useful sparsity), in [0, 1].
 
-        Below it the kernel is bandwidth bound and further pruning gains little:
-        ``x = (b0 - c0) / (kc - kb)``; 1.0 when bandwidth bound at every density,
-        0.0 when compute bound at every density.
+        The paper's bound is where ``t_compute`` meets the bandwidth roof ``S_A / B``. Here
+        the density-independent floor also holds the per-call fixed cost and the input
+        copy (memory bound, like ``S_A``), so the bound is where the FMA work equals the
+        floor: ``c0 + kc x = t_fixed + b0 + kb x``, i.e.
+        ``x = (t_fixed + b0 - c0) / (kc - kb)``. Below it more than half the sparse time
+        does not shrink with density (at most another 2x to gain). 1.0 when the floor
+        dominates at every density.
         """
-        _, c0, kc, b0, kb = self.coefficients(spec, batch)
-        if kc == kb:
-            return 1.0 if b0 >= c0 else 0.0
-        x = (b0 - c0) / (kc - kb)
-        if kc > kb:  # compute binds above x
-            return min(1.0, max(0.0, x))
-        return 1.0 if c0 + kc <= b0 + kb else 0.0
+        t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
+        floor = t_fixed + b0 - c0
+        if kc <= kb:
+            return 1.0
+        return min(1.0, max(0.0, floor / (kc - kb)))
 
     def useful_range(self, spec: LayerSpec, batch: int = 1) -> tuple[float, float] | None:
         """``(breakeven_density, saturation_density)``, or None when pruning never pays.

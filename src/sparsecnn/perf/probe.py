@@ -29,7 +29,7 @@ from .spec import LayerSpec
 
 __all__ = [
     "median_time", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
-    "cpu_model", "active_isa", "library_version", "cache_sizes", "num_threads",
+    "cpu_model", "active_isa", "library_version", "cache_sizes", "num_threads", "QuietWaiter",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,63 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
         ts.append(dt)
         spent += dt
     return statistics.median(ts)
+
+
+def _cpu_busy() -> tuple[float, float] | None:
+    """(busy seconds of all CPUs, CPU seconds of this process) now, or None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(v) - v[3] - v[4]) / tick
+        t = os.times()
+        return busy, t.user + t.system
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class QuietWaiter:
+    """Waits (within a total budget) until other processes leave the CPUs alone.
+
+    The kernel's thread pool and oneDNN's OpenMP team stall whenever one of their threads
+    is preempted, so a timing taken while other processes run can be several times too
+    slow. ``wait()`` samples ``/proc/stat`` over ``window`` seconds and returns once the
+    CPU time used by *other* processes is below ``max_other`` cores, or when the budget
+    is spent (then it measures anyway). ``waited`` and ``busy_rounds`` record what happened.
+
+    Example:
+        >>> w = QuietWaiter(budget=0.0)
+        >>> w.wait()
+        False
+    """
+
+    def __init__(self, budget: float = 10.0, max_other: float = 0.3, window: float = 0.05) -> None:
+        self.budget, self.max_other, self.window = float(budget), float(max_other), float(window)
+        self.waited = 0.0
+        self.busy_rounds = 0
+
+    def other_load(self) -> float | None:
+        """Cores used by other processes over one window (None when unknown)."""
+        a = _cpu_busy()
+        t = time.perf_counter()
+        time.sleep(self.window)
+        b = _cpu_busy()
+        dt = time.perf_counter() - t
+        if a is None or b is None or dt <= 0:
+            return None
+        return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / dt)
+
+    def wait(self) -> bool:
+        """True when the machine was quiet (or became quiet) before the budget ran out."""
+        while self.waited < self.budget:
+            t = time.perf_counter()
+            load = self.other_load()
+            if load is None or load <= self.max_other:
+                return True
+            self.busy_rounds += 1
+            time.sleep(0.05)
+            self.waited += time.perf_counter() - t
+        return False
 
 
 def num_threads(threads: int | None = None) -> int:

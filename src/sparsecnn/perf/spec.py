@@ -174,48 +174,85 @@ class LayerSpec:
         """``S_W``: dense float32 weight bytes."""
         return FLOAT_BYTES * self.weight_numel
 
+    def shifts(self) -> tuple[int, int]:
+        """``(drmax, dqmax)``: largest row / column shift of a tap in the phased input,
+        ``((KH-1)*dil_h)//stride_h`` and ``((KW-1)*dil_w)//stride_w`` (csrc/conv.cpp)."""
+        if self.kind == "linear":
+            return 0, 0
+        return ((self.kernel[0] - 1) * self.dilation[0] // self.stride[0],
+                (self.kernel[1] - 1) * self.dilation[1] // self.stride[1])
+
     def is_direct(self) -> bool:
         """True when the kernel reads the input in place (1x1-like: stride 1, no padding, no halo)."""
         if self.kind == "linear":
             return True
-        dq = (self.kernel[1] - 1) * self.dilation[1] // self.stride[1]
-        return self.stride == (1, 1) and self.padding == (0, 0) and dq == 0
+        return self.stride == (1, 1) and self.padding == (0, 0) and self.shifts()[1] == 0
 
-    def row_width(self) -> int:
-        """Width ``wrow`` of a row of the kernel's phased input: ``OW + (kw-1)*dil // stride``
-        (``= W + 2*pad`` for stride 1), or ``W`` for a direct layer."""
+    def _aligned(self, simd: int) -> bool:
+        """Whether the kernel rounds rows up to the vector width and replicates the input."""
+        if self.kind == "linear" or self.is_direct():
+            return False
+        dq = self.shifts()[1]
+        w = self.output_hw[1] + dq
+        wa = math.ceil(w / simd) * simd
+        return wa * 4 <= w * 5 and dq + 1 <= 5
+
+    def row_width(self, simd: int = SIMD_FLOATS) -> int:
+        """Width ``wrow`` of a row of the kernel's phased input (csrc/conv.cpp, "phased layout").
+
+        ``OW + dqmax``, rounded up to a multiple of ``simd`` when that widens rows by at most
+        25 % and ``dqmax + 1 <= 5`` ("aligned loads"); ``W`` for a direct layer.
+
+        Example:
+            >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).row_width()
+            16
+        """
         if self.kind == "linear":
             return 1
         if self.is_direct():
             return self.input_hw[1]
-        return self.output_hw[1] + (self.kernel[1] - 1) * self.dilation[1] // self.stride[1]
+        w = self.output_hw[1] + self.shifts()[1]
+        return math.ceil(w / simd) * simd if self._aligned(simd) else w
 
-    def copy_bytes(self, batch: int = 1) -> int:
+    def replicas(self, simd: int = SIMD_FLOATS) -> int:
+        """Copies of the phased input the kernel writes: ``dqmax + 1`` when aligned, else 1
+        (0 for a direct layer, which is read in place)."""
+        if self.kind == "linear" or self.is_direct():
+            return 0
+        return self.shifts()[1] + 1 if self._aligned(simd) else 1
+
+    def phased_rows(self) -> int:
+        """``hrows = OH + drmax + (1 if dqmax > 0 else 0)`` rows per phase plane."""
+        dr, dq = self.shifts()
+        return self.output_hw[0] + dr + (1 if dq > 0 else 0)
+
+    def phases(self) -> int:
+        """Number of stride phases some tap uses (``nphy * nphx``)."""
+        phy = len({(r * self.dilation[0]) % self.stride[0] for r in range(self.kernel[0])})
+        phx = len({(s * self.dilation[1]) % self.stride[1] for s in range(self.kernel[1])})
+        return phy * phx
+
+    def copy_bytes(self, batch: int = 1, simd: int = SIMD_FLOATS) -> int:
         """Bytes of the kernel's pass over the input before computing.
 
-        Padded/strided layers are copied into a zero-padded, stride-phased buffer (read the
-        input, write ``phases * hrows * wrow`` floats per channel); direct layers are only
-        scanned for non-finite values (read the input). 0 for linear layers.
+        Padded/strided layers are copied into a zero-padded, stride-phased buffer: read the
+        input once, write ``replicas * phases * hrows * wrow`` floats per (image, channel)
+        (:meth:`replicas`: one shifted copy per column shift when loads are aligned). Direct
+        layers are only scanned for non-finite values (read the input). 0 for linear layers.
         """
         if self.kind == "linear":
             return 0
         if self.is_direct():
             return self.input_bytes(batch)
-        phy = len({(r * self.dilation[0]) % self.stride[0] for r in range(self.kernel[0])})
-        phx = len({(s * self.dilation[1]) % self.stride[1] for s in range(self.kernel[1])})
-        dr = (self.kernel[0] - 1) * self.dilation[0] // self.stride[0]
-        dq = (self.kernel[1] - 1) * self.dilation[1] // self.stride[1]
-        hrows = self.output_hw[0] + dr + (1 if dq > 0 else 0)
-        return self.input_bytes(batch) + FLOAT_BYTES * batch * self.in_channels * phy * phx * hrows * self.row_width()
+        plane = self.phases() * self.phased_rows() * self.row_width(simd)
+        return self.input_bytes(batch) + FLOAT_BYTES * batch * self.in_channels * plane * self.replicas(simd)
 
     def kernel_positions(self, simd: int = SIMD_FLOATS) -> int:
         """Output positions the sparse kernel really computes per image and output channel.
 
-        The direct kernel works on the zero-padded input split into stride phases, so each
-        output row is swept over the whole phase row ``wrow`` (:meth:`row_width`; columns
-        ``>= OW`` are computed and dropped), and the plane of ``OH * wrow`` positions is done
-        in ``simd``-float vectors: ``ceil16(OH * wrow)``. Narrow maps pay for the halo and
-        the SIMD tail. For a linear layer this is 1.
+        Each output row is swept over the whole widened row ``wrow`` (:meth:`row_width`;
+        columns ``>= OW`` are computed and dropped), and the plane of ``OH * wrow`` positions
+        is done in ``simd``-float vectors: ``ceil_simd(OH * wrow)``. For a linear layer this is 1.
 
         Example:
             >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_positions()
@@ -223,31 +260,33 @@ class LayerSpec:
         """
         if self.kind == "linear":
             return 1
-        return math.ceil(self.output_hw[0] * self.row_width() / simd) * simd
+        return math.ceil(self.output_hw[0] * self.row_width(simd) / simd) * simd
 
-    def widening(self, simd: int = SIMD_FLOATS, max_acc: int = 24) -> float:
+    def widening(self, simd: int = SIMD_FLOATS, max_acc: int = 28) -> float:
         """Ratio of computed to useful output positions (>= 1), see :meth:`kernel_positions`."""
         if self.kind == "linear":
             return 1.0
         oh, ow = self.output_hw
         return self.kernel_positions(simd) / float(oh * ow)
 
-    def kernel_plan(self, batch: int, simd: int = SIMD_FLOATS, max_acc: int = 24) -> dict[str, int]:
-        """Tiling of the conv kernel (mirrors csrc/conv.cpp).
+    def kernel_plan(self, batch: int, simd: int = SIMD_FLOATS, max_acc: int = 28) -> dict[str, int]:
+        """Tiling of the conv kernel (mirrors csrc/conv.cpp, "plan the tiles").
 
-        ``vectors`` per image plane, position ``chunks`` of at most 12 vectors, ``nb`` images
-        register-blocked per tile and ``blocks = ceil(batch / nb)``. Every nonzero is
-        visited once per (chunk, block). A linear layer vectorises over the batch.
+        ``vectors`` per image plane, balanced position ``chunks`` of at most
+        ``min(16, max_acc)`` vectors, ``nb`` images register-blocked per tile (largest of
+        4, 3, 2, 1 with ``nb <= batch`` and ``nb * chunk <= max_acc``) and
+        ``blocks = ceil(batch / nb)``. Every nonzero is visited once per (chunk, block) and
+        does ``nb * nv`` vector FMAs there. A linear layer vectorises over the batch.
 
         Example:
             >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_plan(16)
-            {'vectors': 13, 'chunks': 2, 'nb': 3, 'blocks': 6}
+            {'vectors': 13, 'chunks': 1, 'nb': 2, 'blocks': 8}
         """
         if self.kind == "linear":
             nvec = math.ceil(batch / simd)
             return {"vectors": nvec, "chunks": math.ceil(nvec / 8), "nb": 1, "blocks": 1}
         nvec = self.kernel_positions(simd) // simd
-        nv_max = min(12, max_acc)
+        nv_max = min(16, max_acc)
         chunks = math.ceil(nvec / nv_max)
         chunk_big = math.ceil(nvec / chunks)
         nb = 1

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from . import probe
-from .calibrate import random_sparse_weight, time_sparse
+from .calibrate import random_sparse_weight, time_interleaved
 from .model import PerfModel
 from .spec import LayerSpec
 
@@ -126,7 +126,8 @@ def _weight_at(spec: LayerSpec, real: torch.Tensor | None, density: float,
 def run_validation(model: PerfModel, densities: Sequence[float] = DENSITIES,
                    batches: Sequence[int] = BATCHES, min_time: float = 0.08,
                    layers: list[tuple[str, LayerSpec, torch.Tensor | None]] | None = None,
-                   progress: bool = True) -> list[ValPoint]:
+                   progress: bool = True, rounds: int = 5,
+                   quiet_budget: float = 60.0) -> list[ValPoint]:
     """Time dense and sparse layers on the grid; returns measured points with predictions.
 
     Dense times are re-measured here (and stored in ``model.dense``) so that the
@@ -135,23 +136,26 @@ def run_validation(model: PerfModel, densities: Sequence[float] = DENSITIES,
     layers = layers if layers is not None else validation_layers()
     points: list[ValPoint] = []
     threads = model.machine.threads
+    quiet = probe.QuietWaiter(budget=quiet_budget)
     for _, spec, real in layers:
         grid = sorted(set(densities))
         if real is not None:
             grid = sorted(set(grid) | {round(float((real != 0).float().mean()), 4)})
+        ws = [_weight_at(spec, real, x, seed=1000 + i) for i, x in enumerate(grid)]
         for bsz in batches:
-            td = probe.dense_conv_time(spec, bsz, min_time=min_time, threads=threads)
+            # dense and sparse timings interleaved (medians of rounds): the machine is shared
+            td, tss = time_interleaved(spec, [w for w, _ in ws], bsz, rounds=rounds,
+                                       min_time=min_time / rounds, threads=threads, quiet=quiet)
             model.dense[model.dense_key(spec, bsz)] = td
-            for i, x in enumerate(grid):
-                w, src = _weight_at(spec, real, x, seed=1000 + i)
+            for (w, src), ts in zip(ws, tss):
                 xr = float((w != 0).float().mean())
-                ts = time_sparse(spec, w, bsz, min_time=min_time, threads=threads)
                 pred = model.predict(spec, xr, bsz)
                 points.append(ValPoint(spec.name, bsz, xr, src, td, ts, pred.t_dense,
                                        pred.t_sparse, pred.bound))
                 if progress:
                     log.info("%-24s b=%-3d x=%.3f %-9s meas %.2fx pred %.2fx", spec.name, bsz, xr,
                              src, td / ts, pred.speedup)
+    log.info("waited %.1f s for other processes (%d busy checks)", quiet.waited, quiet.busy_rounds)
     return points
 
 
