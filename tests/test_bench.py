@@ -1,0 +1,121 @@
+"""Tests of the layer benchmark (``sparsecnn bench layers``): quick mode only, < 60 s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsecnn.bench import cli as bench_cli
+from sparsecnn.bench.layers import break_even_density, format_layer_table, run_layer_bench
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+ROW_KEYS = {
+    "layer", "batch", "density", "nnz", "mask", "t_sparse_ms", "t_dense_ms", "t_lowered_ms",
+    "speedup_vs_dense", "speedup_vs_lowered", "gflops_sparse_eff", "gflops_dense", "gflops_nonzero",
+    "overhead_a", "max_rel_err", "set",
+}
+META_KEYS = {"cpu", "isa", "torch", "threads", "sgemm_gflops", "repeats", "set"}
+
+
+@pytest.fixture(scope="module")
+def quick_result():
+    return run_layer_bench("sweep", batches=(1,), densities=(0.1, 0.6), quick=True,
+                           layers=["caffenet.conv5"], threads=1, progress=False)
+
+
+def test_quick_rows_consistent(quick_result):
+    rows = quick_result["rows"]
+    assert len(rows) == 2
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["layer"] == "caffenet.conv5" and r["mask"] == "random" and r["batch"] == 1
+        assert r["t_sparse_ms"] > 0 and r["t_dense_ms"] > 0 and r["t_lowered_ms"] > 0
+        assert r["speedup_vs_dense"] == pytest.approx(r["t_dense_ms"] / r["t_sparse_ms"])
+        assert r["speedup_vs_lowered"] == pytest.approx(r["t_lowered_ms"] / r["t_sparse_ms"])
+        assert r["max_rel_err"] < 1e-4
+        assert r["nnz"] > 0 and abs(r["density"] - r["target_density"]) < 0.05
+        # a = F_sgemm / nonzero GFLOP/s, nonzero FLOPs = 2 nnz N OH OW
+        nz = 2.0 * r["nnz"] * r["batch"] * r["output_hw"][0] * r["output_hw"][1]
+        assert r["gflops_nonzero"] == pytest.approx(nz / (r["t_sparse_ms"] * 1e6))
+        assert r["overhead_a"] == pytest.approx(quick_result["meta"]["sgemm_gflops"] / r["gflops_nonzero"])
+    meta = quick_result["meta"]
+    assert META_KEYS <= set(meta) and meta["threads"] == 1 and meta["sgemm_gflops"] > 0
+    assert len(quick_result["break_even"]) == 1
+    assert quick_result["break_even"][0]["status"] in ("interpolated", "always_faster", "never_faster")
+
+
+def test_table_formats(quick_result):
+    text = format_layer_table(quick_result)
+    assert "caffenet.conv5" in text and "threads 1" in text and "SGEMM" in text
+    assert "Break-even" in text
+    json.dumps(quick_result)  # JSON-serialisable
+
+
+def test_break_even_interpolation():
+    assert break_even_density([(0.1, 1.0, 4.0), (0.5, 5.0, 4.0)])["density"] == pytest.approx(0.4)
+    assert break_even_density([(0.1, 1.0, 4.0), (1.0, 3.0, 4.0)])["status"] == "always_faster"
+    assert break_even_density([(0.1, 5.0, 4.0), (1.0, 9.0, 4.0)])["status"] == "never_faster"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        run_layer_bench("nope")
+    with pytest.raises(ValueError):
+        run_layer_bench("sweep", densities=(1.5,), quick=True, progress=False)
+
+
+def test_cuda_errors_clearly(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        run_layer_bench("sweep", densities=(0.1,), batches=(1,), layers=["conv5"], device="cuda", progress=False)
+
+
+def test_bench_parser_dispatch():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    bench_cli.add_parser(sub)
+    a = p.parse_args(["bench", "layers", "--set", "resnet50", "--batch", "1", "16", "--json", "-", "--quick"])
+    assert (a.bench_command, a.set, a.batch, a.json, a.quick) == ("layers", "resnet50", [1, 16], "-", True)
+    assert a.func is bench_cli.run
+    a = p.parse_args(["bench", "model", "caffenet", "--repeats", "3"])
+    assert (a.bench_command, a.name, a.repeats) == ("model", "caffenet", 3)
+
+
+def _cli_cmd() -> list[str]:
+    """``python -m sparsecnn.cli`` if the full CLI imports, else the standalone bench CLI."""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    probe = subprocess.run([sys.executable, "-c", "import sparsecnn.cli as c; c.build_parser()"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "sparsecnn.cli", "bench"]
+    return [sys.executable, "-m", "sparsecnn.bench.cli"]
+
+
+def test_cli_layers_json():
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    cmd = _cli_cmd() + ["layers", "--set", "caffenet", "--quick", "--json", "-"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert {"meta", "rows", "break_even", "summary"} <= set(res)
+    assert META_KEYS <= set(res["meta"])
+    assert [r["layer"] for r in res["rows"]] == [f"caffenet.conv{i}" for i in range(1, 6)]
+    for r in res["rows"]:
+        assert ROW_KEYS <= set(r) and r["mask"] == "real" and r["batch"] == 1
+        assert r["speedup_vs_dense"] == pytest.approx(r["t_dense_ms"] / r["t_sparse_ms"])
+    assert "caffenet_conv2_5_geomean_speedup_batch1" in res["summary"]
+
+
+def test_cli_error_is_one_line(capsys):
+    rc = bench_cli.main(["layers", "--set", "caffenet", "--weights", "no_such_set", "--quick", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no_such_set" in err and "Traceback" not in err
