@@ -9,6 +9,17 @@ from pathlib import Path
 
 import pytest
 
+# Triton reads TRITON_INTERPRET when it is first imported, and any test module may import it
+# first: without a GPU, run the GPU kernels' tests through the interpreter from the start.
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:
+        pass
+
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if importlib.util.find_spec("sparsecnn") is None and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))

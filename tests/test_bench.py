@@ -14,7 +14,10 @@ import pytest
 from sparsecnn.bench import cli as bench_cli
 from sparsecnn.bench.layers import break_even_density, format_layer_table, run_layer_bench
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import sparsecnn  # noqa: E402
+
+# subprocesses import the same sparsecnn as this process (the installed copy has the core)
+SRC = Path(sparsecnn.__file__).resolve().parents[1]
 ROW_KEYS = {
     "layer", "batch", "density", "nnz", "mask", "t_sparse_ms", "t_dense_ms", "t_lowered_ms",
     "speedup_vs_dense", "speedup_vs_lowered", "gflops_sparse_eff", "gflops_dense", "gflops_nonzero",

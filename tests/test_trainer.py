@@ -113,7 +113,12 @@ def test_resume_of_finished_run_is_a_noop(tmp_path):
 
 def test_torchrun_two_processes_cpu(tmp_path):
     out = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    # The subprocesses must import the same sparsecnn as this process (an installed copy has the
+    # compiled core; the source tree may not).
+    import sparsecnn
+
+    pkg_root = str(Path(sparsecnn.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "sparsecnn.prune.cli", "--model", "tiny_cnn", "--dataset", "synthetic", "--subset", "128",

@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
-    p.add_argument("--subset", type=int, default=None, help="training images to use (default 20000; quick 512)")
+    p.add_argument("--subset", type=int, default=None, help="training images to use (default 12000; quick 512)")
     p.add_argument("--test-subset", type=int, default=None, help="test images to use (default all; quick 256)")
     p.add_argument("--widths", type=int, nargs="+", default=None, help="conv widths (default 32 64 64 128)")
     p.add_argument("--dense-epochs", type=int, default=None, help="dense warm-up epochs (default 2)")
@@ -74,7 +74,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "widths": tuple(pick(args.widths, (32, 64, 64, 128), (8, 16, 16, 16))),
-        "subset": pick(args.subset, 20000, 512),
+        "subset": pick(args.subset, 12000, 512),
         "test_subset": pick(args.test_subset, None, 256),
         "dense_epochs": pick(args.dense_epochs, 2, 1),
         "prune_epochs": pick(args.prune_epochs, 4, 1),
