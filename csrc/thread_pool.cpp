@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -18,18 +19,33 @@
 namespace scnn {
 namespace {
 
+// One parallel_for call. Helpers hold it by shared_ptr, so a helper that wakes late never
+// touches a job that has ended (or the next one).
+struct Job {
+  const std::function<void(int64_t)>* fn = nullptr;
+  int64_t ntasks = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int> in_flight{0};  // helpers that joined and have not left
+  std::mutex err_mu;
+  std::exception_ptr error;
+
+  void work() {
+    for (;;) {
+      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= ntasks) break;
+      try {
+        (*fn)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(err_mu);
+        if (!error) error = std::current_exception();
+        next.store(ntasks);  // stop handing out tasks
+      }
+    }
+  }
+};
+
 class Pool {
  public:
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-      generation_.fetch_add(1);
-    }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
-
   bool try_begin() { return submit_.try_lock(); }
   void end() { submit_.unlock(); }
 
@@ -38,49 +54,38 @@ class Pool {
     const int helpers = threads - 1;
     while (static_cast<int>(workers_.size()) < helpers) {
       const int id = static_cast<int>(workers_.size());
-      // The worker must start from the generation *before* this job is posted, or it could
-      // miss the job and leave the caller waiting.
+      // Start from the generation before this job is posted, so the job is not missed.
       const uint64_t gen = generation_.load(std::memory_order_acquire);
       workers_.emplace_back([this, id, gen] { loop(id, gen); });
     }
-    fn_ = &fn;
-    ntasks_ = ntasks;
-    next_.store(0);
-    error_ = nullptr;
-    active_helpers_ = helpers;
-    pending_.store(helpers);
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->ntasks = ntasks;
     {
       std::lock_guard<std::mutex> lk(mu_);
+      current_ = job;
+      active_helpers_ = helpers;
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    work();
-    // Wait for the helpers; they finish within one task of the queue running dry.
-    while (pending_.load(std::memory_order_acquire) > 0) SCNN_PAUSE();
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    job->work();
+    // Retire the job, then wait only for helpers that joined it. A helper the OS has not
+    // scheduled yet (on 2 cores torch's OpenMP threads often hold the other core for a while)
+    // is not waited for: the caller has already done its share of the work.
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      current_.reset();
+    }
+    while (job->in_flight.load(std::memory_order_acquire) > 0) SCNN_PAUSE();
+    if (job->error) std::rethrow_exception(job->error);
   }
 
  private:
-  void work() {
-    for (;;) {
-      const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= ntasks_) break;
-      try {
-        (*fn_)(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(err_mu_);
-        if (!error_) error_ = std::current_exception();
-        next_.store(ntasks_);  // stop handing out tasks
-      }
-    }
-  }
-
   void loop(int id, uint64_t seen) {
     for (;;) {
-      // Spin for a while (tens of microseconds) before blocking on the condition variable.
+      // Spin briefly (back-to-back layers), then sleep on the condition variable.
       uint64_t g = seen;
-      for (int spin = 0; spin < 20000; ++spin) {
+      for (int spin = 0; spin < 4000; ++spin) {
         g = generation_.load(std::memory_order_acquire);
         if (g != seen) break;
         SCNN_PAUSE();
@@ -91,27 +96,28 @@ class Pool {
         g = generation_.load(std::memory_order_acquire);
       }
       seen = g;
-      if (stop_) return;
-      if (id < active_helpers_) {
-        work();
-        pending_.fetch_sub(1, std::memory_order_release);
+      std::shared_ptr<Job> job;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (current_ && id < active_helpers_) {
+          job = current_;
+          job->in_flight.fetch_add(1, std::memory_order_acq_rel);
+        }
+      }
+      if (job) {
+        job->work();
+        job->in_flight.fetch_sub(1, std::memory_order_acq_rel);
       }
     }
   }
 
   std::mutex submit_;
   std::mutex mu_;
-  std::mutex err_mu_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int64_t> next_{0};
-  std::atomic<int> pending_{0};
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t ntasks_ = 0;
+  std::shared_ptr<Job> current_;
   int active_helpers_ = 0;
-  std::exception_ptr error_;
-  bool stop_ = false;
 };
 
 Pool& pool() {
