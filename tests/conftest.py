@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -57,3 +58,16 @@ def isa(request) -> str:
         assert ops.active_isa() == name
         yield name
 
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch (and therefore the core, which is handed torch.get_num_threads()) on n threads."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -8,7 +8,6 @@ and the error messages for bad input.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 import sparsecnn
 from sparsecnn import SparseWeight, sparse_conv2d
 from sparsecnn.ops.conv import resolve_padding
+from conftest import num_threads
 
 SRC = str(Path(sparsecnn.__file__).resolve().parents[1])
 
@@ -42,15 +42,6 @@ def random_weight(shape, density, gen, dtype=torch.float32):
     return w * mask
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    """torch (and therefore the core, which is handed torch.get_num_threads()) on n threads."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def pad4(padding, kernel, stride, dilation):

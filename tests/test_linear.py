@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsecnn import SparseWeight, sparse_linear
+from conftest import num_threads
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def random_weight(shape, density, gen):

@@ -179,7 +179,7 @@ def _time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
-def _block_diag_csr(w: torch.Tensor, groups: int) -> torch.Tensor:
+def block_diag_csr(w: torch.Tensor, groups: int) -> torch.Tensor:
     """(O, Cg, kh, kw) grouped weight -> CSR (O, C*kh*kw) block-diagonal matrix."""
     o = w.shape[0]
     k = w[0].numel()
@@ -253,7 +253,7 @@ def run_gpu_layer_bench(
                 bias = torch.randn(o, generator=gen).to(dev)
                 plan = triton_conv.build_plan(values, col_idx, row_ptr, wd.shape, (h, w), stride,
                                               padding, dilation, g, device=dev)
-                w_csr = _block_diag_csr(wd, g) if "cusparse" in baselines else None
+                w_csr = block_diag_csr(wd, g) if "cusparse" in baselines else None
                 w_grp = wd.reshape(g, o // g, -1)
                 for nb in batches:
                     x = torch.randn(nb, c, h, w, generator=gen).to(dev)

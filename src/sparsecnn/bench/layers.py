@@ -54,6 +54,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sparsecnn.bench.gpu_layers import block_diag_csr
+
 __all__ = [
     "DEFAULT_SWEEP_DENSITIES",
     "TARGETS",
@@ -185,17 +187,6 @@ def measure_sgemm_gflops(n: int = 2048, repeats: int = 7) -> float:
     return 2.0 * n**3 / (t_ms * 1e6)
 
 
-def _block_diag_csr(w: torch.Tensor, groups: int) -> torch.Tensor:
-    o = w.shape[0]
-    k = w[0].numel()
-    og = o // groups
-    dense = torch.zeros(o, groups * k, dtype=w.dtype)
-    w2 = w.reshape(o, k)
-    for gi in range(groups):
-        dense[gi * og:(gi + 1) * og, gi * k:(gi + 1) * k] = w2[gi * og:(gi + 1) * og]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return dense.to_sparse_csr()
 
 
 @contextlib.contextmanager
@@ -262,7 +253,7 @@ def _measure(layer: dict[str, Any], w: torch.Tensor, batch: int, source: str, ge
         row["t_dense_ms"], row["n_dense"] = _time_ms(dense, repeats, min_repeats, max_time_s, stats=mins)
         row["t_sparse_min_ms"], row["t_dense_min_ms"] = mins
         if lowered:
-            w_csr = _block_diag_csr(w, g)
+            w_csr = block_diag_csr(w, g)
             ck = c * kh * kw
 
             def low() -> torch.Tensor:
