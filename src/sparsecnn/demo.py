@@ -50,10 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--test-subset", type=int, default=None, help="test images to use (default all; quick 256)")
     p.add_argument("--widths", type=int, nargs="+", default=None, help="conv widths (default 32 64 64 128)")
     p.add_argument("--dense-epochs", type=int, default=None, help="dense warm-up epochs (default 2)")
-    p.add_argument("--prune-epochs", type=int, default=None, help="GESL epochs (default 4)")
+    p.add_argument("--prune-epochs", type=int, default=None, help="GESL epochs (default 8)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--lam", type=float, default=None, help="ESL lasso strength (default 3e-3)")
+    p.add_argument("--lam", type=float, default=None, help="ESL lasso strength (default 1e-2)")
     p.add_argument("--policy", default="measure", choices=("auto", "measure", "all", "none"),
                    help="sparsify policy (default: measure)")
     p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 30; quick 5)")
@@ -77,8 +77,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "subset": pick(args.subset, 12000, 512),
         "test_subset": pick(args.test_subset, None, 256),
         "dense_epochs": pick(args.dense_epochs, 2, 1),
-        "prune_epochs": pick(args.prune_epochs, 4, 1),
-        "lam": pick(args.lam, 3e-3, 3e-3),
+        "prune_epochs": pick(args.prune_epochs, 8, 1),
+        "lam": pick(args.lam, 1e-2, 3e-3),
         "repeats": pick(args.repeats, 30, 5),
         "batch_size": args.batch_size,
         "lr": args.lr,
