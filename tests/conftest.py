@@ -71,3 +71,16 @@ def num_threads(n):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def assert_close(y, ref):
+    """float32 result within 1e-4 * (1 + max|ref|) of a float64 reference, same shape."""
+    import torch
+
+    assert y.dtype == torch.float32
+    assert tuple(y.shape) == tuple(ref.shape), (tuple(y.shape), tuple(ref.shape))
+    if ref.numel() == 0:
+        return
+    err = (y.double() - ref).abs().max().item()
+    tol = 1e-4 * (1.0 + ref.abs().max().item())
+    assert err <= tol, f"max abs error {err:.3g} > tolerance {tol:.3g}"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import sparsecnn
 from sparsecnn import SparseWeight, sparse_conv2d
 from sparsecnn.ops.conv import resolve_padding
-from conftest import num_threads
+from conftest import assert_close, num_threads
 
 SRC = str(Path(sparsecnn.__file__).resolve().parents[1])
 
@@ -77,17 +77,6 @@ def unfold_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, relu=
     if bias is not None:
         y = y + bias.double().view(1, o, 1, 1)
     return torch.relu(y) if relu else y
-
-
-def assert_close_conv(y, ref, x=None, w=None):
-    """max |y - ref| <= 1e-4 * (1 + max |ref|) (and, when given, a bound from sum |w||x|)."""
-    assert y.dtype == torch.float32
-    assert tuple(y.shape) == tuple(ref.shape), (tuple(y.shape), tuple(ref.shape))
-    if ref.numel() == 0:
-        return
-    err = (y.double() - ref).abs().max().item()
-    tol = 1e-4 * (1.0 + ref.abs().max().item())
-    assert err <= tol, f"max abs error {err:.3g} > tolerance {tol:.3g}"
 
 
 def make_layout(x_shape, layout, gen):
@@ -185,7 +174,7 @@ def test_conv_matches_dense_random(isa, cfg):
         y = sparse_conv2d(x, sw, bias, groups=groups_arg, **kw)
     with num_threads(1):
         ref = unfold_ref(x, wd, bias, groups=cfg["groups"], **kw)
-    assert_close_conv(y, ref)
+    assert_close(y, ref)
     assert y.is_contiguous()
     if cfg["relu"]:
         assert (y >= 0).all()
@@ -216,7 +205,7 @@ def test_caffenet_conv1_like(isa):
     x = torch.randn(2, 3, 227, 227, generator=gen)
     y = sparse_conv2d(x, SparseWeight.from_dense(wd), b, stride=4, relu=True)
     assert y.shape == (2, 96, 55, 55)
-    assert_close_conv(y, dense_ref(x, wd, b, stride=4, relu=True))
+    assert_close(y, dense_ref(x, wd, b, stride=4, relu=True))
 
 
 def _pruned(set_name):
@@ -249,7 +238,7 @@ def test_caffenet_pruned_layers(isa, layer, batch):
     b = torch.randn(wd.shape[0], generator=gen)
     y = sparse_conv2d(x, sw, b, padding=pad, relu=True)
     assert y.shape == (batch, wd.shape[0], hw, hw)
-    assert_close_conv(y, dense_ref(x, wd, b, padding=pad, groups=groups, relu=True))
+    assert_close(y, dense_ref(x, wd, b, padding=pad, groups=groups, relu=True))
 
 
 RESNET_LAYERS = {  # name: (input hw, stride, padding)
@@ -270,7 +259,7 @@ def test_resnet50_pruned_layers(isa, layer):
     x = torch.relu(torch.randn(2, wd.shape[1], hw, hw, generator=gen))
     y = sparse_conv2d(x, sw, stride=stride, padding=pad)
     assert y.shape == (2, wd.shape[0], (hw + 2 * pad - wd.shape[2]) // stride + 1, (hw + 2 * pad - wd.shape[3]) // stride + 1)
-    assert_close_conv(y, dense_ref(x, wd, stride=stride, padding=pad))
+    assert_close(y, dense_ref(x, wd, stride=stride, padding=pad))
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +289,7 @@ def test_wide_column_indices(isa, shape, hw, want_dtype):
     b = torch.randn(shape[0], generator=gen)
     for padding in (0, 1):
         y = sparse_conv2d(x, sw, b, padding=padding)
-        assert_close_conv(y, dense_ref(x, wd, b, padding=padding))
+        assert_close(y, dense_ref(x, wd, b, padding=padding))
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +326,7 @@ def test_unbatched_input(isa):
     y = sparse_conv2d(x, sw, stride=2, padding=1)
     ref = dense_ref(x.unsqueeze(0), wd, stride=2, padding=1, groups=2).squeeze(0)
     assert y.shape == (8, 5, 6)
-    assert_close_conv(y, ref)
+    assert_close(y, ref)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +367,7 @@ def test_nonfinite_inputs_match_dense(isa, density, stride, padding, dilation, g
     assert torch.equal(torch.isposinf(y), torch.isposinf(ref))
     assert torch.equal(torch.isneginf(y), torch.isneginf(ref))
     fin = torch.isfinite(ref)
-    assert_close_conv(y[fin], ref[fin])
+    assert_close(y[fin], ref[fin])
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -449,7 +438,7 @@ def test_thread_count_does_not_change_results(isa):
     finally:
         torch.set_num_threads(old)
     assert torch.equal(y1, y2)
-    assert_close_conv(y1, dense_ref(x, wd, padding=1, stride=(1, 2)))
+    assert_close(y1, dense_ref(x, wd, padding=1, stride=(1, 2)))
 
 
 def test_repeated_calls_reuse_scratch_correctly(isa):
@@ -460,8 +449,8 @@ def test_repeated_calls_reuse_scratch_correctly(isa):
     xb = torch.randn(2, 8, 40, 40, generator=gen)
     xs = torch.randn(1, 2, 5, 5, generator=gen)
     for _ in range(2):
-        assert_close_conv(sparse_conv2d(xb, SparseWeight.from_dense(big), padding=2), dense_ref(xb, big, padding=2))
-        assert_close_conv(sparse_conv2d(xs, SparseWeight.from_dense(small), padding=1), dense_ref(xs, small, padding=1))
+        assert_close(sparse_conv2d(xb, SparseWeight.from_dense(big), padding=2), dense_ref(xb, big, padding=2))
+        assert_close(sparse_conv2d(xs, SparseWeight.from_dense(small), padding=1), dense_ref(xs, small, padding=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,7 +677,7 @@ def test_corrupted_csr_layout_raw_op():
         return torch.ops.sparsecnn.sparse_conv2d(x, values, col, row_ptr, list(shape), None, [1, 1], [0, 0, 0, 0], [1, 1], 1, False)
 
     ref = dense_ref(x, torch.tensor([[[[1.0, 0], [0, 0]]], [[[0, 0], [0, 2.0]]], [[[0, 0], [0, 0]]]]))
-    assert_close_conv(call(), ref)
+    assert_close(call(), ref)
     with pytest.raises(ValueError, match="row count"):
         call(row_ptr=torch.tensor([0, 1, 2], dtype=torch.int32))
     with pytest.raises(ValueError, match="differ in length"):
@@ -767,4 +756,4 @@ def test_expanded_input_values(isa):
     x = base.expand(2, 3, 6, 7)
     wd = random_weight((4, 3, 3, 3), 0.5, torch.Generator().manual_seed(9))
     y = sparse_conv2d(x, SparseWeight.from_dense(wd), padding=1)
-    assert_close_conv(y, dense_ref(x.contiguous(), wd, padding=1))
+    assert_close(y, dense_ref(x.contiguous(), wd, padding=1))

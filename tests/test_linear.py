@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsecnn import SparseWeight, sparse_linear
-from conftest import num_threads
+from conftest import assert_close, num_threads
 
 
 
@@ -26,16 +26,6 @@ def random_weight(shape, density, gen):
 def linear_ref(x, w, bias=None, relu=False):
     y = F.linear(x.double(), w.double(), None if bias is None else bias.double())
     return torch.relu(y) if relu else y
-
-
-def assert_close(y, ref):
-    assert y.dtype == torch.float32
-    assert tuple(y.shape) == tuple(ref.shape), (tuple(y.shape), tuple(ref.shape))
-    if ref.numel() == 0:
-        return
-    err = (y.double() - ref).abs().max().item()
-    tol = 1e-4 * (1.0 + ref.abs().max().item())
-    assert err <= tol, f"max abs error {err:.3g} > tolerance {tol:.3g}"
 
 
 def make_input(n, k, layout, gen):
