@@ -10,7 +10,6 @@
 // an NCHW-contiguous input needs no copy at all.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -73,8 +72,9 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh
   *ow = (wp - ekw) / sw + 1;
 }
 
-// The kernels rely on strictly ascending columns within a row (column blocking walks each row
-// as runs); duplicates or disorder would silently drop terms, so they are refused.
+// The format has strictly ascending columns within a row (SparseWeight.from_dense writes them
+// so, and rows then read the input in address order); duplicates or disorder mean a corrupted
+// or foreign weight, so they are refused rather than summed.
 template <class Idx>
 void check_sorted(const Csr& m, const Idx* c, const std::string& w) {
   for (int64_t r = 0; r < m.rows; ++r)
