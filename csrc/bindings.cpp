@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "thread_pool.hpp"
 
 namespace nb = nanobind;
 using Arr = nb::ndarray<nb::ro>;
@@ -229,6 +230,8 @@ NB_MODULE(_core, m) {
         },
         nb::arg("dst"), nb::arg("src"), nb::arg("threads"), "dst = src (float32, contiguous).");
   m.def("active_isa", &scnn::active_isa, "The kernel variant in use: avx512, avx2 or portable.");
+  m.def("threading_backend", &scnn::threading_backend,
+        "Where parallel kernels run: 'openmp' (the process's OpenMP runtime, torch's) or 'pool'.");
   m.def("set_isa", &scnn::set_isa, nb::arg("name"),
         "Force a kernel variant (avx512, avx2, portable) or 'auto'.");
   m.def("isa_supported", &scnn::isa_supported, nb::arg("name"));

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core.hpp"
 #include "isa/kernels.hpp"
 #include "thread_pool.hpp"
@@ -41,10 +43,24 @@ std::vector<float>& scratch() {
 struct Plan {
   int64_t oh, ow;
   int64_t wrow, hrows, plane, cstride, istride;  // phased layout
+  int64_t drmax, dqmax;                          // largest row / column shift of a tap
   int nphy, nphx;
   int phy_index[64], phx_index[64];  // phase -> compact index (-1: unused)
   bool direct;                      // read x in place (no copy)
 };
+
+// Private L2 of one core, from the OS (sysconf), 1 MiB when unknown. The tile planner keeps
+// the input one tile reads within it: a tile whose input spills to L3 runs at half speed.
+int64_t l2_bytes() {
+  static const int64_t v = [] {
+    long s = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    s = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return s > 64 * 1024 ? static_cast<int64_t>(s) : int64_t(1) << 20;
+  }();
+  return v;
+}
 
 }  // namespace
 
@@ -74,13 +90,25 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh
 
 // The format has strictly ascending columns within a row (SparseWeight.from_dense writes them
 // so, and rows then read the input in address order); duplicates or disorder mean a corrupted
-// or foreign weight, so they are refused rather than summed.
+// or foreign weight, so they are refused rather than summed. One branch-free pass that the
+// compiler vectorises: this runs on every call, so it must cost next to nothing.
 template <class Idx>
-void check_sorted(const Csr& m, const Idx* c, const std::string& w) {
-  for (int64_t r = 0; r < m.rows; ++r)
-    for (int64_t j = m.row_ptr[r] + 1; j < m.row_ptr[r + 1]; ++j)
-      if (!(c[j - 1] < c[j]))
-        fail(w + ": column indices must be strictly increasing within each row (row " + std::to_string(r) + ")");
+void check_columns(const Csr& m, const Idx* c, int64_t cols, const std::string& w) {
+  for (int64_t r = 0; r < m.rows; ++r) {
+    const int64_t j0 = m.row_ptr[r], j1 = m.row_ptr[r + 1];
+    if (j0 == j1) continue;
+    const Idx* p = c + j0;
+    const int64_t n = j1 - j0;
+    unsigned bad = 0;
+    for (int64_t j = 1; j < n; ++j) bad |= static_cast<unsigned>(!(p[j - 1] < p[j]));
+    if (bad)
+      fail(w + ": column indices must be strictly increasing within each row (row " + std::to_string(r) + ")");
+    // Ascending, so the first and last columns bound the row.
+    const int64_t lo = static_cast<int64_t>(p[0]), hi = static_cast<int64_t>(p[n - 1]);
+    if (lo < 0 || hi >= cols)
+      fail(w + ": column index " + std::to_string(lo < 0 ? lo : hi) + " out of range in row " + std::to_string(r) +
+           " (columns: " + std::to_string(cols) + ")");
+  }
 }
 
 void validate_csr(const Csr& m, int64_t cols, const char* what) {
@@ -96,23 +124,9 @@ void validate_csr(const Csr& m, int64_t cols, const char* what) {
          std::to_string(m.nnz) + ")");
   if (m.col16) {
     if (cols > 65536) fail(w + ": 16-bit column indices cannot address " + std::to_string(cols) + " columns");
-    const uint16_t* c = static_cast<const uint16_t*>(m.col);
-    uint16_t mx = 0;
-    for (int64_t j = 0; j < m.nnz; ++j) mx = c[j] > mx ? c[j] : mx;
-    if (m.nnz > 0 && mx >= cols)
-      fail(w + ": column index " + std::to_string(mx) + " out of range (columns: " + std::to_string(cols) + ")");
-    check_sorted(m, c, w);
+    check_columns(m, static_cast<const uint16_t*>(m.col), cols, w);
   } else {
-    const int32_t* c = static_cast<const int32_t*>(m.col);
-    int32_t mx = 0, mn = 0;
-    for (int64_t j = 0; j < m.nnz; ++j) {
-      mx = c[j] > mx ? c[j] : mx;
-      mn = c[j] < mn ? c[j] : mn;
-    }
-    if (m.nnz > 0 && (mn < 0 || mx >= cols))
-      fail(w + ": column index out of range [" + std::to_string(mn) + ", " + std::to_string(mx) +
-           "] (columns: " + std::to_string(cols) + ")");
-    check_sorted(m, c, w);
+    check_columns(m, static_cast<const int32_t*>(m.col), cols, w);
   }
 }
 
@@ -266,30 +280,30 @@ void sparse_conv2d(const Conv2dArgs& a) {
   if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
 
   const IsaKernels& isa = isa_kernels();
+  const int threads = std::max(1, a.threads);
 
   // ---- phased layout ----
-  int64_t drmax = 0, dqmax = 0;
   for (int i = 0; i < 64; ++i) p.phy_index[i] = p.phx_index[i] = -1;
   for (int64_t r = 0; r < a.kh; ++r) {
     const int64_t ry = r * a.dil_h;
-    drmax = std::max(drmax, ry / a.stride_h);
+    p.drmax = std::max(p.drmax, ry / a.stride_h);
     int& slot = p.phy_index[ry % a.stride_h];
     if (slot < 0) slot = 0;
   }
   for (int64_t s = 0; s < a.kw; ++s) {
     const int64_t sx = s * a.dil_w;
-    dqmax = std::max(dqmax, sx / a.stride_w);
+    p.dqmax = std::max(p.dqmax, sx / a.stride_w);
     int& slot = p.phx_index[sx % a.stride_w];
     if (slot < 0) slot = 0;
   }
   p.nphy = p.nphx = 0;
   for (int i = 0; i < a.stride_h; ++i) if (p.phy_index[i] >= 0) p.phy_index[i] = p.nphy++;
   for (int i = 0; i < a.stride_w; ++i) if (p.phx_index[i] >= 0) p.phx_index[i] = p.nphx++;
-  p.wrow = p.ow + dqmax;
-  p.hrows = p.oh + drmax + (dqmax > 0 ? 1 : 0);
+  p.wrow = p.ow + p.dqmax;
+  p.hrows = p.oh + p.drmax + (p.dqmax > 0 ? 1 : 0);
   const bool contiguous = a.xs[3] == 1 && a.xs[2] == a.w && a.xs[1] == a.h * a.w && (a.n == 1 || a.xs[0] == a.c * a.h * a.w);
   p.direct = contiguous && a.stride_h == 1 && a.stride_w == 1 && a.pad_top == 0 && a.pad_bottom == 0 &&
-             a.pad_left == 0 && a.pad_right == 0 && dqmax == 0;
+             a.pad_left == 0 && a.pad_right == 0 && p.dqmax == 0;
   if (p.direct) {
     p.wrow = a.w;
     p.hrows = a.h;
@@ -299,138 +313,127 @@ void sparse_conv2d(const Conv2dArgs& a) {
   // vector load of the kernel is aligned. A misaligned 64-byte load spans two cache lines and
   // costs two load slots on current x86 cores, which halves the FMA rate. Used when it widens
   // rows by at most 25% and needs at most 5 replicas.
-  const int64_t A = isa.width;
+  const int W = isa.width;
   int64_t nshift = 1;
-  bool aligned = false;
   if (!p.direct) {
-    const int64_t wa = (p.wrow + A - 1) / A * A;
-    if (wa * 4 <= p.wrow * 5 && dqmax + 1 <= 5) {
+    const int64_t wa = (p.wrow + W - 1) / W * W;
+    if (wa * 4 <= p.wrow * 5 && p.dqmax + 1 <= 5) {
       p.wrow = wa;
-      aligned = true;
-      nshift = dqmax + 1;
+      nshift = p.dqmax + 1;
     }
   }
+  const int nph = p.nphy * p.nphx;
   p.plane = checked_mul(p.hrows, p.wrow, "plane size");
-  p.cstride = checked_mul(p.plane, p.nphy * p.nphx, "channel size");
+  p.cstride = checked_mul(p.plane, nph, "channel size");
   p.istride = checked_mul(p.cstride, a.c, "image size");
   if (p.istride > std::numeric_limits<int32_t>::max())
     throw std::overflow_error("sparse_conv2d: one image of the (padded) input has " + std::to_string(p.istride) +
                               " elements, more than the 2^31 that 32-bit offsets address; split the input");
-  const int64_t total = checked_mul(p.istride, a.n, "phased input size");
-  if (p.direct) p.istride = a.n == 1 ? p.istride : a.xs[0];
-  const int64_t copy_stride = (total + 64 + 15) / 16 * 16;  // one replica, with slack
-  if (aligned && nshift * copy_stride > std::numeric_limits<int32_t>::max()) nshift = 1, aligned = false;
+  checked_mul(p.istride, a.n, "phased input size");
+
+  // ---- plan the tiles ----
+  // A tile is nb images x nv vectors of widened positions x a range of output channels of one
+  // group. Register blocking wants nb * nv close to max_acc; the cache wants the input the
+  // tile reads (nb images x the group's channels x the rows its positions touch, every phase
+  // and replica) to fit the core's L2, so the row loop re-reads it from there, not from L3.
+  const int64_t positions = p.oh * p.wrow;
+  const int64_t nvec = (positions + W - 1) / W;
+  const int nv_max = std::min(16, isa.max_acc);
+  const double budget = 0.9 * static_cast<double>(l2_bytes());
+  auto footprint = [&](int64_t nb_, int64_t nv_) {  // bytes of input one tile reads
+    const double span = std::min<double>(static_cast<double>(p.plane), static_cast<double>(nv_ * W + p.drmax * p.wrow + W));
+    return 4.0 * nb_ * a.cin_per_group * nph * nshift * span;
+  };
+  int64_t nchunks = (nvec + nv_max - 1) / nv_max;
+  int64_t chunk_big = (nvec + nchunks - 1) / nchunks;
+  while (chunk_big > 4 && footprint(1, chunk_big) > budget) {
+    ++nchunks;
+    chunk_big = (nvec + nchunks - 1) / nchunks;
+  }
+  int nb = 1;
+  for (int cand = 4; cand >= 2; --cand)
+    if (cand <= a.n && cand * chunk_big <= isa.max_acc && footprint(cand, chunk_big) <= budget) {
+      nb = cand;
+      break;
+    }
+  const int64_t nblocks = (a.n + nb - 1) / nb;
+  const int64_t og = a.out_channels / a.groups;
+  // Two ways to share the work. "Image" mode (enough image blocks for every thread): a task is
+  // one block of images; its thread lays that block out in its own buffer and runs every tile
+  // on it while it is still in its L2. "Row" mode (batch 1, small batches): one shared layout,
+  // then the tiles are split over output channels so that every thread has work.
+  const bool image_mode = nblocks >= threads && (threads == 1 || nblocks % threads == 0 || nblocks >= 4 * threads);
+  const int64_t buf_images = image_mode ? nb : a.n;
+  // One replica of a buffer, with slack so that a partial last vector can be loaded whole.
+  const int64_t rep_stride = (buf_images * p.istride + 64 + 15) / 16 * 16;
+  if (nshift > 1 && checked_mul(nshift, rep_stride, "phased input size") > std::numeric_limits<int32_t>::max())
+    nshift = 1;  // offsets of the replicas would overflow: fall back to unaligned loads
 
   // column -> offset table, built per call (O(C*KH*KW)); the CSR itself stays layout free.
+  // The offsets of channel 0's taps, then every channel is that plus c * cstride (no division
+  // per column: this runs on every call).
   std::vector<int32_t> table(static_cast<size_t>(cols));
-  for (int64_t col = 0; col < cols; ++col) {
-    const int64_t c = col / K, r = (col / a.kw) % a.kh, s = col % a.kw;
-    const int64_t ry = r * a.dil_h, sx = s * a.dil_w;
-    const int64_t ph = p.phy_index[ry % a.stride_h] * p.nphx + p.phx_index[sx % a.stride_w];
-    const int64_t dq = sx / a.stride_w;
-    table[col] = static_cast<int32_t>(c * p.cstride + ph * p.plane + (ry / a.stride_h) * p.wrow +
-                                      (nshift > 1 ? dq * copy_stride : dq));
-  }
+  for (int64_t r = 0; r < a.kh; ++r)
+    for (int64_t s = 0; s < a.kw; ++s) {
+      const int64_t ry = r * a.dil_h, sx = s * a.dil_w;
+      const int64_t ph = p.phy_index[ry % a.stride_h] * p.nphx + p.phx_index[sx % a.stride_w];
+      const int64_t dq = sx / a.stride_w;
+      table[static_cast<size_t>(r * a.kw + s)] =
+          static_cast<int32_t>(ph * p.plane + (ry / a.stride_h) * p.wrow + (nshift > 1 ? dq * rep_stride : dq));
+    }
+  for (int64_t c = 1; c < a.cin_per_group; ++c)
+    for (int64_t k = 0; k < K; ++k)
+      table[static_cast<size_t>(c * K + k)] = table[static_cast<size_t>(k)] + static_cast<int32_t>(c * p.cstride);
 
-  const int threads = std::max(1, a.threads);
-  const float* in = a.x;
-  bool nonfinite = false;
-  if (!p.direct) {
+  // Lays images [n0, n0 + count) out in dst (replica 0, then the shifted replicas), channels
+  // [c0, c1) of each; returns whether a non-finite input was seen.
+  // Stride 1 with contiguous rows (nearly every layer) has a vectorised path in the ISA
+  // kernels that writes the plane and its replicas in one pass.
+  const bool fast_layout = a.stride_h == 1 && a.stride_w == 1 && a.xs[3] == 1;
+  auto layout = [&](float* dst, int64_t n0, int64_t count, int64_t c0, int64_t c1) {
+    bool any = false;
+    for (int64_t n = n0; n < n0 + count; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        float* d0 = dst + (n - n0) * p.istride + c * p.cstride;
+        if (fast_layout) {
+          const LayoutJob job{a.x + n * a.xs[0] + c * a.xs[1], a.h, a.w, a.xs[2], d0, p.hrows,
+                              p.wrow, a.pad_top, a.pad_left, static_cast<int>(nshift), rep_stride};
+          any |= isa.layout_channel(job);
+          continue;
+        }
+        any |= copy_channel(a, p, d0, n, c);
+        // Replica k of this channel = the channel moved k floats left, written while it is
+        // hot in cache. Its last k floats would come from the next channel; only discarded
+        // (widened) outputs read them, so they are zeroed instead, keeping tasks independent.
+        for (int64_t k = 1; k < nshift; ++k) {
+          float* __restrict dk = d0 + k * rep_stride;
+          const float* __restrict s0 = d0 + k;
+          std::memcpy(dk, s0, sizeof(float) * static_cast<size_t>(p.cstride - k));
+          for (int64_t i = p.cstride - k; i < p.cstride; ++i) dk[i] = 0.0f;
+        }
+      }
+    return any;
+  };
+  auto buffer = [&]() -> float* {
     std::vector<float>& buf = scratch();
-    // nshift replicas, each with slack so a partial last vector can be loaded whole (its extra
-    // lanes are discarded), + 16 floats to align the start to 64 bytes.
-    const size_t need = static_cast<size_t>(nshift * copy_stride + 16);
+    const size_t need = static_cast<size_t>(nshift * rep_stride + 16);
     if (buf.size() < need) {
       buf.clear();
       buf.shrink_to_fit();
       buf.resize(need);
     }
     float* dst = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
-    std::memset(dst + total, 0, sizeof(float) * (copy_stride - total));
-    const int64_t jobs = a.n * a.c, ntask = coarse_tasks(jobs, threads);
-    std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);  // one cache line per task
-    parallel_for(ntask, threads, [&](int64_t t) {
-      bool any = false;
-      for (int64_t i = jobs * t / ntask; i < jobs * (t + 1) / ntask; ++i) {
-        const int64_t n = i / a.c, c = i % a.c;
-        float* d0 = dst + n * p.istride + c * p.cstride;
-        any |= copy_channel(a, p, d0, n, c);
-        // Replica k of this channel = the channel moved k floats left, written while it is hot
-        // in cache. Its last k floats would come from the next channel; only discarded
-        // (widened) outputs read them, so they are zeroed instead, keeping tasks independent.
-        for (int64_t k = 1; k < nshift; ++k) {
-          float* __restrict dk = d0 + k * copy_stride;
-          const float* __restrict s0 = d0 + k;
-          for (int64_t i = 0; i < p.cstride - k; ++i) dk[i] = s0[i];
-          for (int64_t i = p.cstride - k; i < p.cstride; ++i) dk[i] = 0.0f;
-        }
-      }
-      bad[t * 8] = any;
-    });
-    for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;
-    for (int64_t k = 1; k < nshift; ++k)  // slack after the last image of each replica
-      std::memset(dst + k * copy_stride + total, 0, sizeof(float) * (copy_stride - total));
-    in = dst;
-  } else {
-    const int64_t hw = a.h * a.w, jobs = a.n * a.c, ntask = coarse_tasks(jobs, threads);
-    std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);
-    parallel_for(ntask, threads, [&](int64_t t) {
-      bool any = false;
-      for (int64_t i = jobs * t / ntask; i < jobs * (t + 1) / ntask; ++i)
-        any |= has_nonfinite(a.x + (i / a.c) * a.xs[0] + (i % a.c) * a.xs[1], hw);
-      bad[t * 8] = any;
-    });
-    for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;
-  }
-
-  // ---- plan the tiles ----
-  const int W = isa.width;
-  const int64_t positions = p.oh * p.wrow;
-  const int64_t nvec = (positions + W - 1) / W;
-  const int nv_max = std::min(16, isa.max_acc);
-  const int64_t nchunks = (nvec + nv_max - 1) / nv_max;
-  const int64_t chunk_big = (nvec + nchunks - 1) / nchunks;
-  int nb = 1;
-  for (int cand = 4; cand >= 1; --cand)
-    if (cand <= a.n && cand * chunk_big <= isa.max_acc) {
-      nb = cand;
-      break;
-    }
-  const int64_t nblocks = (a.n + nb - 1) / nb;
-  const int64_t og = a.out_channels / a.groups;
-  const int64_t units = nblocks * nchunks * a.groups;
-  int64_t rowparts = 1;
-  if (threads > 1 && units < 4 * threads) rowparts = std::min<int64_t>(og, (4 * threads + units - 1) / units);
-  // Row boundaries balanced by nonzeros (+ a per-row constant for the epilogue).
-  std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (rowparts + 1)));
-  for (int64_t g = 0; g < a.groups; ++g) {
-    const int64_t r0 = g * og, r1 = r0 + og;
-    const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
-    const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
-    int64_t r = r0;
-    bounds[g * (rowparts + 1)] = r0;
-    for (int64_t k = 1; k < rowparts; ++k) {
-      const double target = cost0 + total_cost * k / rowparts;
-      while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
-      bounds[g * (rowparts + 1) + k] = std::max(r, bounds[g * (rowparts + 1) + k - 1]);
-    }
-    bounds[g * (rowparts + 1) + rowparts] = r1;
-  }
-
-  const int64_t ntasks = units * rowparts;
-  parallel_for(ntasks, threads, [&](int64_t task) {
-    int64_t rest = task;
-    const int64_t rp = rest % rowparts; rest /= rowparts;
-    const int64_t g = rest % a.groups; rest /= a.groups;
-    const int64_t k = rest % nchunks; rest /= nchunks;
-    const int64_t blk = rest;
-    const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
-    if (row0 >= row1) return;
+    const int64_t used = buf_images * p.istride;
+    for (int64_t k = 0; k < nshift; ++k)  // the slack after the last image of each replica
+      std::memset(dst + k * rep_stride + used, 0, sizeof(float) * static_cast<size_t>(rep_stride - used));
+    return dst;
+  };
+  auto run_tile = [&](const float* in0, int64_t img0, int64_t img_base, int64_t g, int64_t k, int64_t row0, int64_t row1) {
     // Chunk k covers vectors [v0, v0 + nv): the first (nvec % nchunks) chunks get one more.
     const int64_t small = nvec / nchunks, extra = nvec % nchunks;
     const int64_t v0 = k * small + std::min(k, extra);
     const int64_t nv = small + (k < extra ? 1 : 0);
-    const int64_t img0 = blk * nb;
+    const int64_t istride = p.direct ? (a.n == 1 ? p.istride : a.xs[0]) : p.istride;
     ConvTile t{};
     t.values = a.weight.values;
     t.col = a.weight.col;
@@ -439,8 +442,8 @@ void sparse_conv2d(const Conv2dArgs& a) {
     t.table = table.data();
     t.p0 = v0 * W;
     t.count = std::min<int64_t>(nv * W, positions - t.p0);
-    t.in = in + img0 * p.istride + g * a.cin_per_group * p.cstride + t.p0;
-    t.img_stride = p.istride;
+    t.in = in0 + (img0 - img_base) * istride + g * a.cin_per_group * p.cstride + t.p0;
+    t.img_stride = istride;
     t.row0 = row0;
     t.row1 = row1;
     t.nb = static_cast<int>(std::min<int64_t>(nb, a.n - img0));
@@ -452,10 +455,90 @@ void sparse_conv2d(const Conv2dArgs& a) {
     t.oh = p.oh;
     t.ow = p.ow;
     t.wrow = p.wrow;
+    t.oy0 = t.p0 / p.wrow;
     t.bias = a.bias;
     t.relu = a.relu;
     isa.conv_tile(t);
-  });
+  };
+
+  bool nonfinite = false;
+  if (image_mode) {
+    std::vector<int64_t> bad(static_cast<size_t>(nblocks * 8), 0);  // one cache line per task
+    parallel_for(nblocks, threads, [&](int64_t blk) {
+      const int64_t img0 = blk * nb, count = std::min<int64_t>(nb, a.n - img0);
+      const float* in0;
+      if (p.direct) {
+        const int64_t hw = a.h * a.w;
+        bool any = false;
+        for (int64_t n = img0; n < img0 + count; ++n)
+          for (int64_t c = 0; c < a.c; ++c) any |= has_nonfinite(a.x + n * a.xs[0] + c * a.xs[1], hw);
+        bad[blk * 8] = any;
+        in0 = a.x + img0 * (a.n == 1 ? p.istride : a.xs[0]);
+      } else {
+        float* dst = buffer();
+        bad[blk * 8] = layout(dst, img0, count, 0, a.c);
+        in0 = dst;
+      }
+      for (int64_t k = 0; k < nchunks; ++k)
+        for (int64_t g = 0; g < a.groups; ++g) run_tile(in0, img0, img0, g, k, g * og, (g + 1) * og);
+    });
+    for (int64_t b = 0; b < nblocks; ++b) nonfinite |= bad[b * 8] != 0;
+  } else {
+    const float* in0 = a.x;
+    const int64_t jobs = a.n * a.c, ntask = coarse_tasks(jobs, threads);
+    std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);  // one cache line per task
+    if (!p.direct) {
+      float* dst = buffer();
+      parallel_for(ntask, threads, [&](int64_t t) {
+        bool any = false;
+        for (int64_t i = jobs * t / ntask; i < jobs * (t + 1) / ntask;) {
+          // channels of one image, up to the task's end
+          const int64_t n = i / a.c, c0 = i % a.c, c1 = std::min(a.c, c0 + (jobs * (t + 1) / ntask - i));
+          any |= layout(dst + n * p.istride, n, 1, c0, c1);
+          i += c1 - c0;
+        }
+        bad[t * 8] = any;
+      });
+      in0 = dst;
+    } else {
+      const int64_t hw = a.h * a.w;
+      parallel_for(ntask, threads, [&](int64_t t) {
+        bool any = false;
+        for (int64_t i = jobs * t / ntask; i < jobs * (t + 1) / ntask; ++i)
+          any |= has_nonfinite(a.x + (i / a.c) * a.xs[0] + (i % a.c) * a.xs[1], hw);
+        bad[t * 8] = any;
+      });
+    }
+    for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;
+
+    const int64_t units = nblocks * nchunks * a.groups;
+    int64_t rowparts = 1;
+    if (threads > 1 && units < 4 * threads) rowparts = std::min<int64_t>(og, (4 * threads + units - 1) / units);
+    // Row boundaries balanced by nonzeros (+ a per-row constant for the epilogue).
+    std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (rowparts + 1)));
+    for (int64_t g = 0; g < a.groups; ++g) {
+      const int64_t r0 = g * og, r1 = r0 + og;
+      const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
+      const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
+      int64_t r = r0;
+      bounds[g * (rowparts + 1)] = r0;
+      for (int64_t k = 1; k < rowparts; ++k) {
+        const double target = cost0 + total_cost * k / rowparts;
+        while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
+        bounds[g * (rowparts + 1) + k] = std::max(r, bounds[g * (rowparts + 1) + k - 1]);
+      }
+      bounds[g * (rowparts + 1) + rowparts] = r1;
+    }
+    parallel_for(units * rowparts, threads, [&](int64_t task) {
+      int64_t rest = task;
+      const int64_t rp = rest % rowparts; rest /= rowparts;
+      const int64_t g = rest % a.groups; rest /= a.groups;
+      const int64_t k = rest % nchunks; rest /= nchunks;
+      const int64_t blk = rest;
+      const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
+      if (row0 < row1) run_tile(in0, blk * nb, 0, g, k, row0, row1);
+    });
+  }
 
   if (nonfinite) patch_nonfinite(a, p);
 }

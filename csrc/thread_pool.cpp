@@ -1,6 +1,12 @@
 #include "thread_pool.hpp"
 
+#include <dlfcn.h>
+#include <link.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -126,14 +132,63 @@ Pool& pool() {
   return *p;
 }
 
+// The OpenMP runtime already loaded in the process (torch's libgomp, or Intel's libiomp5, which
+// exports the same GOMP entry points), found at run time: nothing is linked against it. When
+// torch is loaded its OpenMP workers keep spinning for milliseconds after each torch op; a
+// thread of our own would then share a core with a spinning worker and every layer between
+// torch ops would wait on it. Running on those same workers instead, as ATen's own parallel_for
+// does, removes the contention. SPARSECNN_THREADS=pool forces the built-in pool.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
+int find_openmp(struct dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (name && (std::strstr(name, "libgomp") || std::strstr(name, "libiomp5"))) {
+    *static_cast<std::string*>(out) = name;
+    return 1;
+  }
+  return 0;
+}
+
+GompParallel host_openmp() {
+  static const GompParallel fn = []() -> GompParallel {
+    const char* env = std::getenv("SPARSECNN_THREADS");
+    if (env && std::string(env) == "pool") return nullptr;
+    std::string path;
+    dl_iterate_phdr(find_openmp, &path);
+    if (path.empty()) return nullptr;
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // already loaded: no new mapping
+    if (!h) return nullptr;
+    return reinterpret_cast<GompParallel>(dlsym(h, "GOMP_parallel"));
+  }();
+  return fn;
+}
+
+void run_job(void* p) { static_cast<Job*>(p)->work(); }
+
 }  // namespace
+
+const char* threading_backend() { return host_openmp() ? "openmp" : "pool"; }
 
 void parallel_for(int64_t ntasks, int threads, const std::function<void(int64_t)>& fn) {
   if (ntasks <= 0) return;
   if (threads > 256) threads = 256;
   if (threads > ntasks) threads = static_cast<int>(ntasks);
+  if (threads <= 1) {
+    for (int64_t i = 0; i < ntasks; ++i) fn(i);
+    return;
+  }
+  if (GompParallel omp = host_openmp()) {
+    // Every team thread pulls tasks from the job; exceptions are caught inside (they must not
+    // cross the OpenMP runtime) and rethrown here.
+    Job job;
+    job.fn = &fn;
+    job.ntasks = ntasks;
+    omp(run_job, &job, static_cast<unsigned>(threads), 0);
+    if (job.error) std::rethrow_exception(job.error);
+    return;
+  }
   Pool& p = pool();
-  if (threads <= 1 || !p.try_begin()) {
+  if (!p.try_begin()) {
     for (int64_t i = 0; i < ntasks; ++i) fn(i);
     return;
   }

@@ -22,6 +22,9 @@ struct V {
   static inline Mask tail_mask(int n) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n));
   }
+  static inline Mask range_mask(int lo, int hi) { return _mm256_andnot_si256(tail_mask(lo), tail_mask(hi)); }
+  // x - x is NaN exactly when x is NaN or +-Inf.
+  static inline bool nonfinite(T v) { return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_UNORD_Q)) != 0; }
   // vmaskmovps does not fault on masked-off lanes.
   static inline T load_tail(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
@@ -32,11 +35,13 @@ struct V {
 };
 
 #include "kernels/epilogue.hpp"
+#include "kernels/layout.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_linear.hpp"
 
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>};
+const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
+                                  &layout_channel<V>};
 
 }  // namespace scnn

@@ -18,6 +18,9 @@ struct V {
   static inline T bcast(float x) { return _mm512_set1_ps(x); }
   static inline T loadu(const float* p) { return _mm512_loadu_ps(p); }
   static inline Mask tail_mask(int n) { return static_cast<Mask>((1u << n) - 1u); }
+  static inline Mask range_mask(int lo, int hi) { return static_cast<Mask>(((1u << hi) - 1u) & ~((1u << lo) - 1u)); }
+  // Any lane NaN or +-Inf (fpclass: QNaN | SNaN | +Inf | -Inf).
+  static inline bool nonfinite(T v) { return _mm512_fpclass_ps_mask(v, 0x99) != 0; }
   // Masked-off lanes are not read, so the tail never touches memory past the tensor.
   static inline T load_tail(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
@@ -28,11 +31,13 @@ struct V {
 };
 
 #include "kernels/epilogue.hpp"
+#include "kernels/layout.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_linear.hpp"
 
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>};
+const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
+                                    &layout_channel<V>};
 
 }  // namespace scnn

@@ -25,6 +25,7 @@ struct ConvTile {
   // epilogue
   float* out;            // output tensor base (N, O, OH, OW)
   int64_t img0, out_channels, oh, ow, wrow;  // wrow = widened row length (>= ow)
+  int64_t oy0;           // output row of position p0 (p0 / wrow)
   const float* bias;
   bool relu;
 };
@@ -44,12 +45,26 @@ struct LinearTile {
   bool relu;
 };
 
+// One (image, channel) of the stride-1 input layout (kernels/layout.hpp): the padded plane
+// (hrows x wrow) at dst and, for k < nshift, the replica moved k floats left at
+// dst + k * rep_stride.
+struct LayoutJob {
+  const float* src;    // the channel's first row
+  int64_t h, w;        // input rows and columns
+  int64_t row_stride;  // floats between source rows (columns are contiguous)
+  float* dst;
+  int64_t hrows, wrow, pad_top, pad_left;
+  int nshift;
+  int64_t rep_stride;
+};
+
 struct IsaKernels {
   const char* name;
   int width;     // floats per vector
   int max_acc;   // accumulator registers the conv micro-kernel may use
   void (*conv_tile)(const ConvTile&);
   void (*linear_tile)(const LinearTile&);
+  bool (*layout_channel)(const LayoutJob&);  // returns whether a NaN/Inf was read
 };
 
 extern const IsaKernels kAvx512Kernels;

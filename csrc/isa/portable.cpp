@@ -1,6 +1,7 @@
 // Portable variant: plain C++ on a fixed-width array, for CPUs without AVX2 (and as the
 // reference the SIMD variants are tested against). The compiler vectorises it with the
 // baseline instruction set.
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 
@@ -13,7 +14,9 @@ struct V {
   struct T {
     float v[8];
   };
-  using Mask = int;
+  struct Mask {
+    int lo, hi;  // lanes [lo, hi)
+  };
   static constexpr int W = 8;
   static constexpr int MAX_ACC = 8;
   static inline T zero() {
@@ -31,11 +34,17 @@ struct V {
     for (int i = 0; i < W; ++i) r.v[i] = p[i];
     return r;
   }
-  static inline Mask tail_mask(int n) { return n; }
-  static inline T load_tail(const float* p, Mask n) {
+  static inline Mask tail_mask(int n) { return {0, n}; }
+  static inline Mask range_mask(int lo, int hi) { return {lo, hi}; }
+  static inline T load_tail(const float* p, Mask m) {
     T r;
-    for (int i = 0; i < W; ++i) r.v[i] = i < n ? p[i] : 0.0f;
+    for (int i = 0; i < W; ++i) r.v[i] = i >= m.lo && i < m.hi ? p[i] : 0.0f;
     return r;
+  }
+  static inline bool nonfinite(T v) {
+    bool any = false;
+    for (int i = 0; i < W; ++i) any |= !std::isfinite(v.v[i]);
+    return any;
   }
   static inline T fma(T a, T b, T c) {
     T r;
@@ -56,18 +65,19 @@ struct V {
   static inline void storeu(float* p, T v) {
     for (int i = 0; i < W; ++i) p[i] = v.v[i];
   }
-  static inline void store_tail(float* p, T v, Mask n) {
-    for (int i = 0; i < n; ++i) p[i] = v.v[i];
+  static inline void store_tail(float* p, T v, Mask m) {
+    for (int i = m.lo; i < m.hi; ++i) p[i] = v.v[i];
   }
 };
 
 #include "kernels/epilogue.hpp"
+#include "kernels/layout.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_linear.hpp"
 
 }  // namespace
 
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
-                                     &linear_tile<V>};
+                                     &linear_tile<V>, &layout_channel<V>};
 
 }  // namespace scnn

@@ -67,15 +67,15 @@ void conv_rows(const ConvTile& t) {
         store_segment<V>(dst + t.p0, src, t.count, vb, t.relu);
         continue;
       }
+      // Walk the widened rows the tile covers (first and last may be partial): no division
+      // per row, the tile's first row is computed once.
       const int64_t end = t.p0 + t.count;
-      for (int64_t q = t.p0; q < end;) {
-        const int64_t oy = q / t.wrow;
-        const int64_t ox = q - oy * t.wrow;
-        if (ox < t.ow) {
-          const int64_t seg_end = (oy * t.wrow + t.ow < end) ? oy * t.wrow + t.ow : end;
-          store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu);
-        }
-        q = (oy + 1) * t.wrow;
+      int64_t oy = t.oy0, rs = oy * t.wrow;
+      for (int64_t q = t.p0; q < end; ++oy, rs += t.wrow, q = rs) {
+        const int64_t ox = q - rs;
+        if (ox >= t.ow) continue;
+        const int64_t seg_end = rs + t.ow < end ? rs + t.ow : end;
+        store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu);
       }
     }
   }

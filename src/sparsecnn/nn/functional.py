@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from sparsecnn.nn.weight import SparseWeight
-from sparsecnn.ops.conv import _pair, resolve_padding, sparse_conv2d_op
-from sparsecnn.ops.linear import sparse_linear_op
+from sparsecnn.ops.conv import _pair, call_sparse_conv2d, resolve_padding
+from sparsecnn.ops.linear import call_sparse_linear
 
 __all__ = ["sparse_conv2d", "sparse_linear"]
 
@@ -57,7 +57,7 @@ def sparse_conv2d(
     p = resolve_padding(padding, weight.shape[2:], s, d)
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"sparse_conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    y = sparse_conv2d_op(x, weight.values, weight.col_idx, weight.row_ptr, list(weight.shape), bias, list(s), p, list(d), g, relu)
+    y = call_sparse_conv2d(x, weight.values, weight.col_idx, weight.row_ptr, list(weight.shape), bias, list(s), p, list(d), g, relu)
     return y.squeeze(0) if unbatched else y
 
 
@@ -72,5 +72,5 @@ def sparse_linear(x: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | No
     if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"sparse_linear: input last dim must be {weight.shape[1]}, got shape {tuple(x.shape)}")
     lead = x.shape[:-1]
-    y = sparse_linear_op(x.reshape(-1, weight.shape[1]), weight.values, weight.col_idx, weight.row_ptr, weight.shape[0], bias, relu)
+    y = call_sparse_linear(x.reshape(-1, weight.shape[1]), weight.values, weight.col_idx, weight.row_ptr, weight.shape[0], bias, relu)
     return y.reshape(*lead, weight.shape[0])

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparsecnn.nn.weight import SparseWeight
-from sparsecnn.ops.conv import _pair, resolve_padding, sparse_conv2d_op
-from sparsecnn.ops.linear import sparse_linear_op
+from sparsecnn.ops.conv import _pair, call_sparse_conv2d, resolve_padding
+from sparsecnn.ops.linear import call_sparse_linear
 
 __all__ = ["SparseConv2d", "SparseLinear", "dense_weight_of"]
 
@@ -119,7 +119,7 @@ class SparseConv2d(_SparseBase):
         if self.padding_mode != "zeros" and any(pad):
             x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode=self.padding_mode)
             pad = [0, 0, 0, 0]
-        y = sparse_conv2d_op(
+        y = call_sparse_conv2d(
             x, self.values, self.col_idx, self.row_ptr, list(self.weight_shape), self.bias,
             list(self.stride), list(pad), list(self.dilation), self.groups, self.relu,
         )
@@ -156,7 +156,7 @@ class SparseLinear(_SparseBase):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear: input last dim must be {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = sparse_linear_op(x.reshape(-1, self.in_features), self.values, self.col_idx, self.row_ptr, self.out_features, self.bias, self.relu)
+        y = call_sparse_linear(x.reshape(-1, self.in_features), self.values, self.col_idx, self.row_ptr, self.out_features, self.bias, self.relu)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

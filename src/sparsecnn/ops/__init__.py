@@ -9,12 +9,14 @@ Example:
     True
 """
 
-from sparsecnn.ops.conv import conv_output_size, resolve_padding, sparse_conv2d_op
+from sparsecnn.ops.conv import call_sparse_conv2d, conv_output_size, resolve_padding, sparse_conv2d_op
 from sparsecnn.ops.isa import active_isa, isa_supported, set_isa, use_isa
-from sparsecnn.ops.linear import sparse_linear_op
+from sparsecnn.ops.linear import call_sparse_linear, sparse_linear_op
 
 __all__ = [
     "active_isa",
+    "call_sparse_conv2d",
+    "call_sparse_linear",
     "conv_output_size",
     "isa_supported",
     "resolve_padding",

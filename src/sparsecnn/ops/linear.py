@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, csr_coords, csr_to_dense
+from sparsecnn.ops.conv import _alloc, csr_coords, csr_to_dense, eager_cpu_call
 
-__all__ = ["sparse_linear_op"]
+__all__ = ["call_sparse_linear", "sparse_linear_op"]
 
 
 def _check(x: torch.Tensor, values: torch.Tensor) -> None:
@@ -26,6 +26,25 @@ def _check(x: torch.Tensor, values: torch.Tensor) -> None:
         raise ValueError(f"sparse_linear: input must be 2-D (N, in_features), got shape {tuple(x.shape)}")
     if x.device != values.device:
         raise ValueError(f"sparse_linear: input is on {x.device} but the weight is on {values.device}")
+
+
+def _sparse_linear_cpu(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    col_idx: torch.Tensor,
+    row_ptr: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    _check(x, values)
+    out = _alloc((x.shape[0], out_features), "sparse_linear")
+    _core.linear(
+        x.detach(), values.detach(), col_idx, row_ptr,
+        None if bias is None else bias.detach().contiguous(),
+        out, out_features, bool(relu), torch.get_num_threads(),
+    )
+    return out
 
 
 @torch.library.custom_op("sparsecnn::sparse_linear", mutates_args=(), device_types="cpu")
@@ -39,14 +58,22 @@ def sparse_linear_op(
     relu: bool,
 ) -> torch.Tensor:
     """``x @ W.T (+ bias) (relu)`` with W (out_features x in_features) in CSR."""
-    _check(x, values)
-    out = _alloc((x.shape[0], out_features), "sparse_linear")
-    _core.linear(
-        x.detach(), values.detach(), col_idx, row_ptr,
-        None if bias is None else bias.detach().contiguous(),
-        out, out_features, bool(relu), torch.get_num_threads(),
-    )
-    return out
+    return _sparse_linear_cpu(x, values, col_idx, row_ptr, out_features, bias, relu)
+
+
+def call_sparse_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    col_idx: torch.Tensor,
+    row_ptr: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    """:func:`sparse_linear_op`, run directly when :func:`~sparsecnn.ops.conv.eager_cpu_call` allows it."""
+    if eager_cpu_call(x, values, bias):
+        return _sparse_linear_cpu(x, values, col_idx, row_ptr, out_features, bias, relu)
+    return sparse_linear_op(x, values, col_idx, row_ptr, out_features, bias, relu)
 
 
 @sparse_linear_op.register_kernel("cuda")
