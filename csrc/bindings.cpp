@@ -97,7 +97,8 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
             const std::optional<Arr>& bias, OutArr& out, int64_t out_channels,
             int64_t cin_per_group, int64_t kh, int64_t kw, int64_t groups,
             std::vector<int64_t> stride, std::vector<int64_t> padding,
-            std::vector<int64_t> dilation, bool relu, int threads) {
+            std::vector<int64_t> dilation, bool relu, int threads,
+            const std::optional<Arr>& residual) {
   check_cpu(x, "input");
   check_dtype(x, nb::dtype<float>(), "input", "float32");
   if (x.ndim() != 4)
@@ -132,6 +133,21 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
   a.dil_w = dilation[1];
   a.relu = relu;
   a.threads = threads;
+  if (residual) {
+    check_cpu(*residual, "residual");
+    check_dtype(*residual, nb::dtype<float>(), "residual", "float32");
+    if (residual->ndim() != 4) throw std::invalid_argument("residual: expected a 4-D tensor like the output");
+    int64_t expect = 1;
+    for (int64_t d = 3; d >= 0; --d) {
+      if (residual->shape(d) != out.shape(d))
+        throw std::invalid_argument("residual: shape differs from the output's in dimension " + std::to_string(d));
+      if (residual->shape(d) > 1 && residual->stride(d) != expect)
+        throw std::invalid_argument("residual: must be contiguous");
+      expect *= static_cast<int64_t>(residual->shape(d));
+    }
+    a.residual = static_cast<const float*>(residual->data());
+    a.residual_numel = static_cast<int64_t>(residual->size());
+  }
   {
     nb::gil_scoped_release release;
     scnn::sparse_conv2d(a);
@@ -182,8 +198,8 @@ NB_MODULE(_core, m) {
         nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_channels"),
         nb::arg("cin_per_group"), nb::arg("kh"), nb::arg("kw"), nb::arg("groups"),
         nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("relu"),
-        nb::arg("threads"),
-        "out = conv2d(x, W_csr) (+bias) (relu). padding is (top, bottom, left, right).");
+        nb::arg("threads"), nb::arg("residual").none() = nb::none(),
+        "out = conv2d(x, W_csr) (+bias) (+residual) (relu). padding is (top, bottom, left, right).");
   m.def("linear", &linear, nb::arg("x"), nb::arg("values"), nb::arg("col_idx"),
         nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_features"),
         nb::arg("relu"), nb::arg("threads"), "out = x @ W_csr^T (+bias) (relu).");

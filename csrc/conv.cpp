@@ -276,6 +276,8 @@ void sparse_conv2d(const Conv2dArgs& a) {
   validate_csr(a.weight, cols, "sparse_conv2d weight");
   const int64_t out_needed = checked_mul(checked_mul(checked_mul(a.n, a.out_channels, "output"), p.oh, "output"), p.ow, "output");
   if (a.out_numel != out_needed) fail("sparse_conv2d: output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(out_needed));
+  if (a.residual && a.residual_numel != out_needed)
+    fail("sparse_conv2d: residual has " + std::to_string(a.residual_numel) + " elements, expected " + std::to_string(out_needed) + " (the output's shape)");
   if (a.n == 0) return;
   if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
 
@@ -457,6 +459,7 @@ void sparse_conv2d(const Conv2dArgs& a) {
     t.wrow = p.wrow;
     t.oy0 = t.p0 / p.wrow;
     t.bias = a.bias;
+    t.residual = a.residual;
     t.relu = a.relu;
     isa.conv_tile(t);
   };

@@ -31,6 +31,10 @@ struct Conv2dArgs {
   const float* bias = nullptr;  // [out_channels] or null
   float* out = nullptr;         // (N, out_channels, OH, OW), contiguous
   int64_t out_numel = 0;        // size of the out buffer, checked against the geometry
+  // Added to the output before the ReLU (a residual connection), same shape as out,
+  // contiguous; null for none. May not overlap out.
+  const float* residual = nullptr;
+  int64_t residual_numel = 0;
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
   int64_t dil_h = 1, dil_w = 1;
@@ -58,7 +62,7 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t st
                         int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t* oh,
                         int64_t* ow);
 
-// out = conv2d(x, W) (+ bias) (then ReLU), W given in CSR.
+// out = conv2d(x, W) (+ bias) (+ residual) (then ReLU), W given in CSR.
 void sparse_conv2d(const Conv2dArgs& a);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.
 void sparse_linear(const LinearArgs& a);

@@ -152,6 +152,7 @@ def conv_configs(draw):
         density=draw(st.sampled_from(DENSITIES)),
         bias=draw(st.booleans()),
         relu=draw(st.booleans()),
+        residual=draw(st.sampled_from([None, None, "contiguous", "channels_last"])),
         layout=draw(st.sampled_from(LAYOUTS)),
         pass_groups=draw(st.booleans()),
         # mostly one thread: tiny problems on contended cores spend their time spin-waiting
@@ -168,12 +169,20 @@ def test_conv_matches_dense_random(isa, cfg):
     sw = SparseWeight.from_dense(wd, groups=cfg["groups"])
     x = make_layout((cfg["n"], cfg["c"], cfg["h"], cfg["w"]), cfg["layout"], gen)
     bias = torch.randn(cfg["o"], generator=gen) if cfg["bias"] else None
-    kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], relu=cfg["relu"])
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"])
     groups_arg = cfg["groups"] if cfg["pass_groups"] else 1
-    with num_threads(cfg["threads"]):
-        y = sparse_conv2d(x, sw, bias, groups=groups_arg, **kw)
     with num_threads(1):
         ref = unfold_ref(x, wd, bias, groups=cfg["groups"], **kw)
+    res = None
+    if cfg["residual"]:  # a fused residual connection: relu(conv + bias + residual)
+        res = torch.randn(ref.shape, generator=gen)
+        if cfg["residual"] == "channels_last":
+            res = res.contiguous(memory_format=torch.channels_last)
+        ref = ref + res.double()
+    if cfg["relu"]:
+        ref = torch.relu(ref)
+    with num_threads(cfg["threads"]):
+        y = sparse_conv2d(x, sw, bias, groups=groups_arg, relu=cfg["relu"], residual=res, **kw)
     assert_close(y, ref)
     assert y.is_contiguous()
     if cfg["relu"]:
@@ -588,6 +597,35 @@ def test_error_bias_raw(sw33):
         _raw(torch.randn(1, 2, 5, 5), sw33, bias=torch.zeros(3))
     with pytest.raises(TypeError, match="bias: expected dtype float32"):
         _raw(torch.randn(1, 2, 5, 5), sw33, bias=torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("residual, err, match", [
+    (torch.zeros(1, 4, 3, 3), ValueError, "residual must have the output's shape"),
+    (torch.zeros(2, 4, 5, 5), ValueError, "residual must have the output's shape"),
+    (torch.zeros(4, 5, 5), ValueError, "residual must have the output's shape"),
+    (torch.zeros(1, 4, 5, 5, dtype=torch.float64), TypeError, "residual must be float32"),
+    ("r", TypeError, "residual must be a tensor"),
+])
+def test_error_residual(sw33, residual, err, match):
+    x = torch.randn(1, 2, 7, 7)  # output (1, 4, 5, 5)
+    with pytest.raises(err, match=match):
+        sparse_conv2d(x, sw33, residual=residual)
+
+
+def test_error_residual_raw_core(sw33):
+    """The compiled core checks the residual itself (shape, dtype, layout), not only the op."""
+    from sparsecnn import _core
+
+    x = torch.randn(1, 2, 7, 7)
+    out = torch.empty(1, 4, 5, 5)
+    args = (x, sw33.values, sw33.col_idx, sw33.row_ptr, None, out, 4, 2, 3, 3, 1, [1, 1], [0, 0, 0, 0], [1, 1], False, 1)
+    for bad, match in [(torch.zeros(1, 4, 5, 4), "residual: shape"), (torch.zeros(1, 4, 5, 10)[..., ::2], "contiguous"),
+                       (torch.zeros(1, 4, 5, 5, dtype=torch.float64), "residual")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            _core.conv2d(*args, residual=bad)
+    ok = torch.randn(1, 4, 5, 5)
+    _core.conv2d(*args, residual=ok)
+    assert torch.allclose(out, sparse_conv2d(x, sw33) + ok, atol=1e-5)
 
 
 @pytest.mark.parametrize("weight", [torch.ones(4, 2, 3, 3), None, "w"])

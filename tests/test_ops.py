@@ -36,6 +36,7 @@ CONV_ARGSETS = {
     "bias_relu_pad": ((6, 4, 3, 3), 1, True, [1, 1], [1, 1, 1, 1], [1, 1], True, (1, 4, 6, 5)),
     "groups_stride_asym": ((6, 2, 3, 2), 2, True, [2, 1], [1, 0, 2, 1], [1, 2], False, (2, 4, 8, 9)),
     "int32_cols": ((2, 8192, 3, 3), 1, True, [1, 1], [1, 1, 1, 1], [1, 1], True, (1, 8192, 3, 3)),
+    "residual_relu": ((6, 4, 3, 3), 1, True, [1, 1], [1, 1, 1, 1], [1, 1], True, (2, 4, 5, 6)),
 }
 
 
@@ -48,6 +49,8 @@ def test_opcheck_sparse_conv2d(name):
     vals = sw.values.clone().requires_grad_(True)
     b = torch.randn(shape[0], requires_grad=True) if bias else None
     args = (x, vals, sw.col_idx, sw.row_ptr, list(shape), b, stride, padding, dilation, groups, relu)
+    if name == "residual_relu":  # gradient flows to the residual too
+        args += (torch.randn(xshape[0], shape[0], *xshape[2:], requires_grad=True),)
     result = torch.library.opcheck(torch.ops.sparsecnn.sparse_conv2d.default, args)
     assert all(v == "SUCCESS" for v in result.values()), result
 

@@ -169,8 +169,35 @@ def test_resnet50_pruned_matches():
     fast, rep = sparsecnn.sparsify(m, x, policy="all")
     assert rep.n_sparse == 54
     assert rep.layer("layer1.0.conv1").relu_fused == "layer1.0.relu1"
-    assert rep.layer("layer1.0.conv3").relu_fused is None  # the residual add comes first
+    assert rep.layer("layer1.0.conv3").relu_fused is None  # the residual add comes first...
+    # ...so the block moves the add and its ReLU into conv3's store instead
+    assert all(rep.layer(f"{s}.conv3").residual_fused for s in ("layer1.0", "layer2.3", "layer4.2"))
+    assert not rep.layer("layer1.0.conv2").residual_fused
+    assert fast.layer1[0].residual_fused and isinstance(fast.layer1[0].relu, nn.Identity)
+    assert fast.layer1[0].conv3.relu
     assert rep.layer("layer1.0.downsample.0").bn_folded == "layer1.0.downsample.1"
-    assert isinstance(fast.layer1[0].relu, nn.ReLU)
     with torch.no_grad():
         assert _rel(fast(x), m(x)) < 1e-4
+
+
+@pytest.mark.skipif(not (P.pruned_dir(must_exist=False) / f"{RESNET_SET}.npz").is_file(),
+                    reason=f"pruned set {RESNET_SET} not found")
+def test_resnet_residual_fusion_only_when_conv3_sparse(tmp_path):
+    """A dense conv3 keeps the block's own add + ReLU; a fused model saves, loads and compiles."""
+    torch.manual_seed(0)
+    m = resnet50().eval()
+    P.apply_pruned_weights(m, RESNET_SET)
+    _randomize_bn(m)
+    x = torch.randn(2, 3, 64, 64)
+    dense, rep = sparsecnn.sparsify(m, x, policy="none")
+    assert not any(r.residual_fused for r in rep.layers)
+    assert not dense.layer1[0].residual_fused and isinstance(dense.layer1[0].relu, nn.ReLU)
+    fast, _ = sparsecnn.sparsify(m, x, policy="all")
+    path = tmp_path / "r50.safetensors"
+    sparsecnn.save(fast, path)
+    back = sparsecnn.load(path)
+    assert back.layer3[2].residual_fused
+    with torch.no_grad():
+        ref = m(x)
+        assert _rel(back(x), ref) < 1e-4
+        assert _rel(torch.compile(fast, backend="aot_eager")(x), ref) < 1e-4

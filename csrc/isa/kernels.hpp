@@ -27,6 +27,7 @@ struct ConvTile {
   int64_t img0, out_channels, oh, ow, wrow;  // wrow = widened row length (>= ow)
   int64_t oy0;           // output row of position p0 (p0 / wrow)
   const float* bias;
+  const float* residual;  // added before the ReLU, indexed like out; null for none
   bool relu;
 };
 

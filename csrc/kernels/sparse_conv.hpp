@@ -61,10 +61,12 @@ void conv_rows(const ConvTile& t) {
       for (int v = 0; v < NV; ++v) V::storeu(&buf[b][v * W], acc[b][v]);
 
     for (int b = 0; b < NB; ++b) {
-      float* dst = t.out + ((t.img0 + b) * t.out_channels + m) * plane;
+      const int64_t base = ((t.img0 + b) * t.out_channels + m) * plane;
+      float* dst = t.out + base;
+      const float* res = t.residual ? t.residual + base : nullptr;
       const float* src = buf[b];
       if (t.wrow == t.ow) {
-        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu);
+        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu, res ? res + t.p0 : nullptr);
         continue;
       }
       // Walk the widened rows the tile covers (first and last may be partial): no division
@@ -75,7 +77,8 @@ void conv_rows(const ConvTile& t) {
         const int64_t ox = q - rs;
         if (ox >= t.ow) continue;
         const int64_t seg_end = rs + t.ow < end ? rs + t.ow : end;
-        store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu);
+        store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu,
+                         res ? res + oy * t.ow + ox : nullptr);
       }
     }
   }

@@ -75,7 +75,7 @@ CsrOwned pack(const std::vector<float>& dense, int64_t rows, int64_t cols) {
 
 struct ConvCase {
   int64_t n, c, h, w, o, g, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw;
-  bool bias, relu, channels_last, use16;
+  bool bias, relu, channels_last, use16, residual;
   double density;
   int threads;
 };
@@ -97,6 +97,8 @@ bool run_conv_case(const ConvCase& k, std::mt19937& rng) {
   const int64_t out_n = k.n * k.o * oh * ow;
   std::unique_ptr<float[]> out(new float[static_cast<size_t>(out_n)]);
   for (int64_t i = 0; i < out_n; ++i) out[i] = std::nanf("");  // poison: every element must be written
+  std::unique_ptr<float[]> res(k.residual ? new float[static_cast<size_t>(out_n)] : nullptr);  // exact size
+  for (int64_t i = 0; k.residual && i < out_n; ++i) res[i] = U(rng);
 
   scnn::Conv2dArgs a;
   a.x = x.get();
@@ -115,6 +117,7 @@ bool run_conv_case(const ConvCase& k, std::mt19937& rng) {
   a.pad_top = k.pt; a.pad_bottom = k.pb; a.pad_left = k.pl; a.pad_right = k.pr;
   a.dil_h = k.dh; a.dil_w = k.dw;
   a.relu = k.relu; a.threads = k.threads;
+  a.residual = res.get(); a.residual_numel = k.residual ? out_n : 0;
   scnn::sparse_conv2d(a);
 
   double max_err = 0.0;
@@ -133,8 +136,10 @@ bool run_conv_case(const ConvCase& k, std::mt19937& rng) {
                 acc += double(wd[m * cols + (c * k.kh + r) * k.kw + s]) *
                        x[n * a.xs[0] + ci * a.xs[1] + iy * a.xs[2] + ix * a.xs[3]];
               }
+          const int64_t oi = ((n * k.o + m) * oh + y) * ow + xo;
+          if (k.residual) acc += res[oi];
           if (k.relu && acc < 0) acc = 0;
-          const double got = out[((n * k.o + m) * oh + y) * ow + xo];
+          const double got = out[oi];
           const double err = std::fabs(got - acc);
           if (!(err <= 1e-4 * (1.0 + std::fabs(acc)))) max_err = std::max(max_err, err + (got != got ? 1e9 : 0));
         }
@@ -164,6 +169,7 @@ void test_conv_random(const char* isa) {
     if (k.w + k.pl + k.pr < k.dw * (k.kw - 1) + 1) k.w = k.dw * (k.kw - 1) + 1;
     if (it % 7 == 0) { k.kh = k.kw = 1; k.sh = k.sw = 1; k.pt = k.pb = k.pl = k.pr = 0; }  // direct path
     k.bias = it % 2; k.relu = it % 3 == 0; k.channels_last = it % 5 == 1; k.use16 = it % 4 != 3;
+    k.residual = it % 4 == 1;
     k.density = densities[it % 5];
     k.threads = 1 + it % 3;
     if (!run_conv_case(k, rng)) {
@@ -225,6 +231,7 @@ void test_bad_input() {
   expect_throw<std::invalid_argument>([&] { auto a = base(); a.cin_per_group = 3; scnn::sparse_conv2d(a); }, "channel mismatch");
   expect_throw<std::invalid_argument>([&] { auto a = base(); a.stride_h = 0; scnn::sparse_conv2d(a); }, "zero stride");
   expect_throw<std::invalid_argument>([&] { auto a = base(); a.out_numel = 7; scnn::sparse_conv2d(a); }, "wrong output size");
+  expect_throw<std::invalid_argument>([&] { auto a = base(); a.residual = a.out; a.residual_numel = a.out_numel - 1; scnn::sparse_conv2d(a); }, "wrong residual size");
   expect_throw<std::invalid_argument>([&] { auto a = base(); a.h = 1; a.pad_top = a.pad_bottom = 0; scnn::sparse_conv2d(a); }, "input smaller than kernel");
   expect_throw<std::invalid_argument>([&] { auto a = base(); a.xs[2] = -5; scnn::sparse_conv2d(a); }, "negative stride");
   CsrOwned broken = csr;

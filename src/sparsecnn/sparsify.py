@@ -17,7 +17,10 @@
 4. replaces the chosen layers by :class:`~sparsecnn.nn.SparseConv2d` /
    :class:`~sparsecnn.nn.SparseLinear` and fuses a following ``nn.ReLU`` into the kernel's
    store when the layer's (BN-folded) output has no consumer but that ReLU module
-   (the ReLU becomes ``nn.Identity``).
+   (the ReLU becomes ``nn.Identity``);
+5. calls ``fuse_residual()`` on every module that has one (e.g. the ResNet
+   :class:`~sparsecnn.models.resnet.Bottleneck`): the block moves its residual add and final
+   ReLU into its last (sparse) conv's store, which saves two passes over the block's output.
 
 The result is a plain ``nn.Module`` that runs under ``torch.compile`` and
 ``torch.export.export`` (the sparse kernels are torch custom ops).
@@ -85,6 +88,7 @@ class LayerDecision:
     meas_dense_s: float | None = None
     meas_sparse_s: float | None = None
     relu_fused: str | None = None  # name of the ReLU module fused into the kernel
+    residual_fused: bool = False  # the block's residual add (and its ReLU) run in this conv's store
     bn_folded: str | None = None  # name of the BatchNorm2d folded into the weight
 
     @property
@@ -137,14 +141,14 @@ class SparsifyReport:
             return "-" if s is None else f"{s:.2f}x"
 
         head = (f"{'layer':<26}{'type':<7}{'density':>8} {'decision':<8}{'pred ms d/s':>17}{'pred':>8}"
-                f"{'meas ms d/s':>17}{'meas':>8}  {'bn':<4}{'relu':<5}reason")
+                f"{'meas ms d/s':>17}{'meas':>8}  {'bn':<4}{'relu':<5}{'res':<4}reason")
         lines = [head, "-" * len(head)]
         for r in self.layers:
             pred = f"{ms(r.pred_dense_s)}/{ms(r.pred_sparse_s)}"
             meas = f"{ms(r.meas_dense_s)}/{ms(r.meas_sparse_s)}"
             lines.append(f"{r.name:<26}{r.type:<7}{r.density:>8.4f} {r.decision:<8}{pred:>17}{x(r.pred_speedup):>8}"
                          f"{meas:>17}{x(r.meas_speedup):>8}  {'yes' if r.bn_folded else '-':<4}"
-                         f"{'yes' if r.relu_fused else '-':<5}{r.reason}")
+                         f"{'yes' if r.relu_fused else '-':<5}{'yes' if r.residual_fused else '-':<4}{r.reason}")
         err = "-" if self.max_rel_error is None else f"{self.max_rel_error:.2e}"
         lines.append(f"policy {self.policy}, batch {self.batch}, {self.threads} threads, {self.device}, "
                      f"perf model {self.perf_model}: {self.n_sparse}/{len(self.layers)} layers sparse, "
@@ -473,6 +477,15 @@ def _sparsify(model, args, policy, perf_model, threads, repeats, t_start):
 
     for n in to_identity:
         _set_module(net, n, nn.Identity())
+    rows = {r.name: r for r in report.layers}
+    for bname, blk in list(net.named_modules()):
+        fuse = getattr(blk, "fuse_residual", None)
+        if callable(fuse) and not isinstance(blk, (SparseConv2d, SparseLinear)):
+            conv = fuse()
+            if conv is not None:
+                row = rows.get(f"{bname}.{conv}" if bname else conv)
+                if row is not None:
+                    row.residual_fused = True
     net.eval()
     with torch.no_grad():
         report.max_rel_error = _rel_err(ref, net(*args))

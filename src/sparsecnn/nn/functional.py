@@ -32,8 +32,12 @@ def sparse_conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same semantics as ``torch.nn.functional.conv2d`` (plus an optional fused ReLU).
+
+    ``residual`` (the output's shape) is added before the ReLU in the same store:
+    ``relu(conv2d(x, w, bias) + residual)``.
 
     ``padding`` may also be a 4-tuple ``(top, bottom, left, right)``. ``groups`` defaults to the
     weight's own; passing a different value than the weight was packed with is an error.
@@ -51,13 +55,19 @@ def sparse_conv2d(
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
+        if isinstance(residual, torch.Tensor):
+            residual = residual.unsqueeze(0)
     s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
     if min(s) < 1 or min(d) < 1:
         raise ValueError(f"sparse_conv2d: stride and dilation must be positive, got {stride!r}, {dilation!r}")
     p = resolve_padding(padding, weight.shape[2:], s, d)
+    for name, t in (("bias", bias), ("residual", residual)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"sparse_conv2d: {name} must be a tensor or None, got {type(t).__name__}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"sparse_conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    y = call_sparse_conv2d(x, weight.values, weight.col_idx, weight.row_ptr, list(weight.shape), bias, list(s), p, list(d), g, relu)
+    y = call_sparse_conv2d(x, weight.values, weight.col_idx, weight.row_ptr, list(weight.shape), bias, list(s), p, list(d), g, relu,
+                           residual)
     return y.squeeze(0) if unbatched else y
 
 

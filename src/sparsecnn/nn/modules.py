@@ -71,7 +71,9 @@ class _SparseBase(nn.Module):
 class SparseConv2d(_SparseBase):
     """Conv2d with an element-wise sparse weight, run by the direct sparse convolution.
 
-    ``relu=True`` fuses a following ReLU into the kernel's store.
+    ``relu=True`` fuses a following ReLU into the kernel's store; ``forward(x, residual)``
+    also adds a residual tensor (the output's shape) before that ReLU, in the same store: a
+    ResNet block's ``relu(bn3(conv3(x)) + identity)`` in one pass.
     """
 
     def __init__(
@@ -111,17 +113,19 @@ class SparseConv2d(_SparseBase):
         w = SparseWeight.from_dense(dense_weight_of(conv), groups=conv.groups)
         return cls(w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode, relu)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         pad = self._pad
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
+            if residual is not None:
+                residual = residual.unsqueeze(0)
         if self.padding_mode != "zeros" and any(pad):
             x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode=self.padding_mode)
             pad = [0, 0, 0, 0]
         y = call_sparse_conv2d(
             x, self.values, self.col_idx, self.row_ptr, list(self.weight_shape), self.bias,
-            list(self.stride), list(pad), list(self.dilation), self.groups, self.relu,
+            list(self.stride), list(pad), list(self.dilation), self.groups, self.relu, residual,
         )
         return y.squeeze(0) if unbatched else y
 

@@ -159,19 +159,35 @@ def _sparse_conv2d_cpu(
     dilation: list[int],
     groups: int,
     relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     _check(x, values, weight_shape, groups)
     o, cg, kh, kw = (int(s) for s in weight_shape)
     oh, ow = _core.output_size(x.shape[2], x.shape[3], kh, kw, list(stride), list(padding), list(dilation))
+    _check_residual(residual, x, (x.shape[0], o, oh, ow))
     out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d")
     # Even an empty batch goes to the core: it validates the weight and bias first.
     _core.conv2d(
         x.detach(), values.detach(), col_idx, row_ptr,
         None if bias is None else bias.detach().contiguous(),
         out, o, cg, kh, kw, groups, list(stride), list(padding), list(dilation), bool(relu),
-        torch.get_num_threads(),
+        torch.get_num_threads(), None if residual is None else residual.detach().contiguous(),
     )
     return out
+
+
+def _check_residual(residual: torch.Tensor | None, x: torch.Tensor, out_shape: Sequence) -> None:
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"sparse_conv2d: residual must be a tensor, got {type(residual).__name__}")
+    if residual.dtype != torch.float32:
+        raise TypeError(f"sparse_conv2d: residual must be float32, got {residual.dtype}")
+    if residual.device != x.device:
+        raise ValueError(f"sparse_conv2d: residual is on {residual.device} but the input is on {x.device}")
+    if tuple(residual.shape) != tuple(out_shape):
+        raise ValueError(f"sparse_conv2d: residual must have the output's shape {tuple(out_shape)}, "
+                         f"got {tuple(residual.shape)}")
 
 
 @torch.library.custom_op("sparsecnn::sparse_conv2d", mutates_args=(), device_types="cpu")
@@ -187,9 +203,15 @@ def sparse_conv2d_op(
     dilation: list[int],
     groups: int,
     relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Direct sparse conv2d. ``padding`` is ``[top, bottom, left, right]``."""
-    return _sparse_conv2d_cpu(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu)
+    """Direct sparse conv2d, ``relu(conv2d(x, W) + bias + residual)``.
+
+    ``padding`` is ``[top, bottom, left, right]``; ``bias``, ``residual`` (same shape as the
+    output: a fused residual connection) and the ReLU are optional.
+    """
+    return _sparse_conv2d_cpu(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
+                              relu, residual)
 
 
 def eager_cpu_call(*tensors: torch.Tensor | None) -> bool:
@@ -231,16 +253,26 @@ def call_sparse_conv2d(
     dilation: list[int],
     groups: int,
     relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`sparse_conv2d_op`, run directly when :func:`eager_cpu_call` allows it (same result)."""
-    if eager_cpu_call(x, values, bias):
-        return _sparse_conv2d_cpu(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu)
-    return sparse_conv2d_op(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu)
+    if eager_cpu_call(x, values, bias, residual):
+        return _sparse_conv2d_cpu(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
+                                  relu, residual)
+    return sparse_conv2d_op(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu,
+                            residual)
 
 
 @sparse_conv2d_op.register_kernel("cuda")
-def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu):
+def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu,
+                        residual=None):
     _check(x, values, weight_shape, groups)
+    if residual is not None:  # the Triton kernel has no residual input: add it after, then the ReLU
+        y = _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
+                                False)
+        _check_residual(residual, x, y.shape)
+        y = y + residual
+        return torch.relu(y) if relu else y
     from sparsecnn.ops import triton_conv
 
     if padding[0] != padding[1] or padding[2] != padding[3]:
@@ -256,21 +288,24 @@ def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride,
 
 
 @sparse_conv2d_op.register_fake
-def _sparse_conv2d_fake(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu):
+def _sparse_conv2d_fake(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu,
+                        residual=None):
     _check(x, values, weight_shape, groups)
     oh, ow = conv_output_size(x.shape[2], x.shape[3], weight_shape[2:], stride, padding, dilation)
+    _check_residual(residual, x, (x.shape[0], weight_shape[0], oh, ow))
     return x.new_empty((x.shape[0], weight_shape[0], oh, ow))
 
 
 def _setup_context(ctx, inputs, output):
-    x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu = inputs
+    x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu, residual = inputs
     ctx.save_for_backward(x, values, col_idx, row_ptr, output if relu else None)
-    ctx.params = (list(weight_shape), list(stride), list(padding), list(dilation), groups, relu, bias is not None)
+    ctx.params = (list(weight_shape), list(stride), list(padding), list(dilation), groups, relu, bias is not None,
+                  residual is not None)
 
 
 def _backward(ctx, grad):
     x, values, col_idx, row_ptr, out = ctx.saved_tensors
-    weight_shape, stride, padding, dilation, groups, relu, has_bias = ctx.params
+    weight_shape, stride, padding, dilation, groups, relu, has_bias, has_residual = ctx.params
     if relu:
         grad = grad * (out > 0)
     dense = csr_to_dense(values, col_idx, row_ptr, weight_shape)
@@ -283,7 +318,7 @@ def _backward(ctx, grad):
     rows, cols = csr_coords(col_idx, row_ptr)
     gvals = gw.reshape(weight_shape[0], -1)[rows, cols]
     gbias = grad.sum((0, 2, 3)) if has_bias else None
-    return gx, gvals, None, None, None, gbias, None, None, None, None, None
+    return gx, gvals, None, None, None, gbias, None, None, None, None, None, grad if has_residual else None
 
 
 sparse_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
