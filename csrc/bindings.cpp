@@ -137,10 +137,11 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
     check_cpu(*residual, "residual");
     check_dtype(*residual, nb::dtype<float>(), "residual", "float32");
     if (residual->ndim() != 4) throw std::invalid_argument("residual: expected a 4-D tensor like the output");
-    int64_t expect = 1;
-    for (int64_t d = 3; d >= 0; --d) {
+    for (int d = 0; d < 4; ++d)
       if (residual->shape(d) != out.shape(d))
         throw std::invalid_argument("residual: shape differs from the output's in dimension " + std::to_string(d));
+    int64_t expect = 1;
+    for (int64_t d = 3; d >= 0 && residual->size() > 0; --d) {  // an empty tensor has no layout
       if (residual->shape(d) > 1 && residual->stride(d) != expect)
         throw std::invalid_argument("residual: must be contiguous");
       expect *= static_cast<int64_t>(residual->shape(d));
@@ -182,6 +183,56 @@ void linear(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
   }
 }
 
+// A contiguous float32 CPU input of `ndim` dimensions (the pooling / LRN kernels take no strides).
+void check_input_contig(const Arr& x, int64_t ndim, const char* what) {
+  check_cpu(x, "input");
+  check_dtype(x, nb::dtype<float>(), "input", "float32");
+  if (static_cast<int64_t>(x.ndim()) != ndim)
+    throw std::invalid_argument(std::string(what) + ": expected a " + std::to_string(ndim) + "-D input, got " +
+                                std::to_string(x.ndim()) + "-D");
+  if (x.size() == 0) return;  // an empty tensor has no layout to check
+  int64_t expect = 1;
+  for (int64_t d = ndim - 1; d >= 0; --d) {
+    if (x.shape(d) > 1 && x.stride(d) != expect)
+      throw std::invalid_argument(std::string(what) + ": input must be contiguous");
+    expect *= static_cast<int64_t>(x.shape(d));
+  }
+}
+
+void max_pool2d(const Arr& x, OutArr& out, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                std::vector<int64_t> padding, bool ceil_mode, int threads) {
+  check_input_contig(x, 4, "max_pool2d");
+  check_out(out, 4);
+  if (kernel.size() != 2 || stride.size() != 2 || padding.size() != 2)
+    throw std::invalid_argument("max_pool2d: kernel, stride and padding need 2 values each");
+  scnn::PoolArgs a;
+  a.x = static_cast<const float*>(x.data());
+  a.n = x.shape(0); a.c = x.shape(1); a.h = x.shape(2); a.w = x.shape(3);
+  a.kh = kernel[0]; a.kw = kernel[1]; a.sh = stride[0]; a.sw = stride[1]; a.ph = padding[0]; a.pw = padding[1];
+  a.ceil_mode = ceil_mode;
+  a.out = static_cast<float*>(out.data());
+  a.out_numel = static_cast<int64_t>(out.size());
+  a.threads = threads;
+  nb::gil_scoped_release release;
+  scnn::max_pool2d(a);
+}
+
+void lrn(const Arr& x, OutArr& out, int64_t size, double alpha, double beta, double k, int threads) {
+  check_input_contig(x, 4, "local_response_norm");
+  check_out(out, 4);
+  for (int d = 0; d < 4; ++d)
+    if (out.shape(d) != x.shape(d)) throw std::invalid_argument("local_response_norm: output shape differs from the input's");
+  scnn::LrnArgs a;
+  a.x = static_cast<const float*>(x.data());
+  a.n = x.shape(0); a.c = x.shape(1); a.hw = static_cast<int64_t>(x.shape(2) * x.shape(3));
+  a.size = size; a.alpha = alpha; a.beta = beta; a.k = k;
+  a.out = static_cast<float*>(out.data());
+  a.out_numel = static_cast<int64_t>(out.size());
+  a.threads = threads;
+  nb::gil_scoped_release release;
+  scnn::local_response_norm(a);
+}
+
 template <class F>
 void stream_call(OutArr& a, const char* name, F&& f) {
   check_cpu(a, name);
@@ -203,6 +254,19 @@ NB_MODULE(_core, m) {
   m.def("linear", &linear, nb::arg("x"), nb::arg("values"), nb::arg("col_idx"),
         nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_features"),
         nb::arg("relu"), nb::arg("threads"), "out = x @ W_csr^T (+bias) (relu).");
+  m.def("max_pool2d", &max_pool2d, nb::arg("x"), nb::arg("out"), nb::arg("kernel"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("ceil_mode"), nb::arg("threads"),
+        "out = max_pool2d(x) (NCHW contiguous float32; padding on both sides; NaN propagates).");
+  m.def("pool_output_size",
+        [](int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+          int64_t o;
+          scnn::pool_output_size(in, k, s, p, ceil_mode, &o);
+          return o;
+        },
+        nb::arg("size"), nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("ceil_mode"));
+  m.def("local_response_norm", &lrn, nb::arg("x"), nb::arg("out"), nb::arg("size"), nb::arg("alpha"),
+        nb::arg("beta"), nb::arg("k"), nb::arg("threads"),
+        "out = local_response_norm(x) across channels, torch's definition (NCHW contiguous float32).");
   m.def("output_size",
         [](int64_t h, int64_t w, int64_t kh, int64_t kw, std::vector<int64_t> stride,
            std::vector<int64_t> padding, std::vector<int64_t> dilation) {

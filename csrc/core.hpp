@@ -55,6 +55,30 @@ struct LinearArgs {
   int threads = 1;
 };
 
+// Max pooling, NCHW contiguous input and output; padding (ph, pw) on both sides, torch's
+// ceil_mode rule, NaN propagates.
+struct PoolArgs {
+  const float* x = nullptr;
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+  bool ceil_mode = false;
+  float* out = nullptr;
+  int64_t out_numel = 0;
+  int threads = 1;
+};
+
+// Local response normalisation across channels (torch.nn.LocalResponseNorm), NCHW
+// contiguous; hw = H * W.
+struct LrnArgs {
+  const float* x = nullptr;
+  int64_t n = 0, c = 0, hw = 0;
+  int64_t size = 1;
+  double alpha = 1e-4, beta = 0.75, k = 1.0;
+  float* out = nullptr;
+  int64_t out_numel = 0;
+  int threads = 1;
+};
+
 // Output spatial size of a convolution; throws when the (padded) input is smaller than the
 // dilated kernel or any parameter is out of range.
 void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t stride_h,
@@ -66,6 +90,10 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t st
 void sparse_conv2d(const Conv2dArgs& a);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.
 void sparse_linear(const LinearArgs& a);
+// Output size of one pooled dimension (torch's rule); throws on invalid parameters.
+void pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode, int64_t* out);
+void max_pool2d(const PoolArgs& a);
+void local_response_norm(const LrnArgs& a);
 // Validates a CSR matrix with `cols` columns (row_ptr monotone, 0..nnz, columns in range).
 void validate_csr(const Csr& m, int64_t cols, const char* what);
 

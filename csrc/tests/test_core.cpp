@@ -2,6 +2,7 @@
 // (`make test-asan`): random convolutions and linear layers against a naive double-precision
 // reference on every ISA variant the CPU has, exactly-sized heap buffers (so any overrun is
 // caught), and invalid arguments that must throw rather than crash.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -274,6 +275,67 @@ void test_stream() {
 
 }  // namespace
 
+// Max pooling and LRN against naive loops, exactly-sized buffers.
+void test_pool_lrn() {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> U(-2.0f, 2.0f);
+  std::uniform_int_distribution<int> D(0, 1 << 30);
+  auto pick = [&](int lo, int hi) { return lo + D(rng) % (hi - lo + 1); };
+  int bad = 0;
+  for (int it = 0; it < 200; ++it) {
+    scnn::PoolArgs a;
+    a.n = pick(1, 2); a.c = pick(1, 3); a.kh = pick(1, 5); a.kw = pick(1, 5);
+    a.sh = pick(1, 3); a.sw = pick(1, 3); a.ph = pick(0, a.kh / 2); a.pw = pick(0, a.kw / 2);
+    a.h = a.kh + pick(0, 9); a.w = a.kw + pick(0, 20); a.ceil_mode = it % 2; a.threads = 1 + it % 2;
+    const int64_t in_n = a.n * a.c * a.h * a.w;
+    std::unique_ptr<float[]> x(new float[static_cast<size_t>(in_n)]);
+    for (int64_t i = 0; i < in_n; ++i) x[i] = U(rng);
+    int64_t oh, ow;
+    scnn::pool_output_size(a.h, a.kh, a.sh, a.ph, a.ceil_mode, &oh);
+    scnn::pool_output_size(a.w, a.kw, a.sw, a.pw, a.ceil_mode, &ow);
+    std::unique_ptr<float[]> out(new float[static_cast<size_t>(a.n * a.c * oh * ow)]);
+    a.x = x.get(); a.out = out.get(); a.out_numel = a.n * a.c * oh * ow;
+    scnn::max_pool2d(a);
+    for (int64_t p = 0; p < a.n * a.c; ++p)
+      for (int64_t y = 0; y < oh; ++y)
+        for (int64_t xo = 0; xo < ow; ++xo) {
+          float m = -INFINITY;
+          for (int64_t r = 0; r < a.kh; ++r)
+            for (int64_t q = 0; q < a.kw; ++q) {
+              const int64_t iy = y * a.sh - a.ph + r, ix = xo * a.sw - a.pw + q;
+              if (iy >= 0 && iy < a.h && ix >= 0 && ix < a.w) m = std::max(m, x[(p * a.h + iy) * a.w + ix]);
+            }
+          bad += out[(p * oh + y) * ow + xo] != m;
+        }
+  }
+  check(bad == 0, "random max pooling");
+  bad = 0;
+  for (int it = 0; it < 20; ++it) {
+    scnn::LrnArgs a;
+    a.n = pick(1, 2); a.c = pick(1, 9); a.hw = pick(1, 700); a.size = pick(1, 6);
+    a.alpha = 1e-2; a.beta = it % 2 ? 0.75 : 0.6; a.k = 1.5; a.threads = 1 + it % 2;
+    const int64_t n = a.n * a.c * a.hw;
+    std::unique_ptr<float[]> x(new float[static_cast<size_t>(n)]), out(new float[static_cast<size_t>(n)]);
+    for (int64_t i = 0; i < n; ++i) x[i] = U(rng);
+    a.x = x.get(); a.out = out.get(); a.out_numel = n;
+    scnn::local_response_norm(a);
+    for (int64_t b = 0; b < a.n; ++b)
+      for (int64_t c = 0; c < a.c; ++c)
+        for (int64_t i = 0; i < a.hw; ++i) {
+          double s = 0;
+          for (int64_t cc = std::max<int64_t>(0, c - a.size / 2); cc <= std::min(a.c - 1, c + (a.size - 1) / 2); ++cc) {
+            const double v = x[(b * a.c + cc) * a.hw + i];
+            s += v * v;
+          }
+          const double want = x[(b * a.c + c) * a.hw + i] / std::pow(a.k + a.alpha / a.size * s, a.beta);
+          bad += std::fabs(out[(b * a.c + c) * a.hw + i] - want) > 1e-5 * (1 + std::fabs(want));
+        }
+  }
+  check(bad == 0, "random LRN");
+  scnn::PoolArgs p;
+  expect_throw<std::invalid_argument>([&] { p.n = 1; p.c = 1; p.h = p.w = 4; p.kh = p.kw = 2; p.sh = 0; scnn::max_pool2d(p); }, "pool zero stride");
+}
+
 int main() {
   for (const char* isa : {"avx512", "avx2", "portable"}) {
     if (!scnn::isa_supported(isa)) {
@@ -288,6 +350,7 @@ int main() {
   test_bad_input();
   test_nonfinite();
   test_stream();
+  test_pool_lrn();
   const int passed = g_checks - g_failures;
   std::printf("%d passed, %d failed\n", passed, g_failures);
   return g_failures ? 1 : 0;

@@ -12,10 +12,13 @@ Example:
 from sparsecnn.ops.conv import call_sparse_conv2d, conv_output_size, resolve_padding, sparse_conv2d_op
 from sparsecnn.ops.isa import active_isa, isa_supported, set_isa, use_isa
 from sparsecnn.ops.linear import call_sparse_linear, sparse_linear_op
+from sparsecnn.ops.pool import call_local_response_norm, call_max_pool2d
 
 __all__ = [
     "active_isa",
     "call_sparse_conv2d",
+    "call_local_response_norm",
+    "call_max_pool2d",
     "call_sparse_linear",
     "conv_output_size",
     "isa_supported",
