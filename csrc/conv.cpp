@@ -10,6 +10,7 @@
 // an NCHW-contiguous input needs no copy at all.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -135,7 +136,7 @@ namespace {
 // Which input elements are NaN/Inf. Dense convolution turns them into NaN even where a weight
 // is zero (0 * Inf = NaN); the sparse kernel skips zero weights, so the driver re-applies that
 // rule afterwards for the (rare) non-finite inputs.
-void patch_nonfinite(const Conv2dArgs& a, const Plan& p) {
+void patch_nonfinite(const Conv2dArgs& a, int64_t oh, int64_t ow) {
   const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
   const int64_t og = a.out_channels / a.groups;
   std::vector<uint8_t> present;  // dense mask of one group's rows, built lazily
@@ -165,16 +166,16 @@ void patch_nonfinite(const Conv2dArgs& a, const Plan& p) {
             const int64_t ry = iy + a.pad_top - r * a.dil_h;
             if (ry < 0 || ry % a.stride_h) continue;
             const int64_t oy = ry / a.stride_h;
-            if (oy >= p.oh) continue;
+            if (oy >= oh) continue;
             for (int64_t s = 0; s < a.kw; ++s) {
               const int64_t rx = ix + a.pad_left - s * a.dil_w;
               if (rx < 0 || rx % a.stride_w) continue;
               const int64_t ox = rx / a.stride_w;
-              if (ox >= p.ow) continue;
+              if (ox >= ow) continue;
               const int64_t col = cl * K + r * a.kw + s;
               for (int64_t m = 0; m < og; ++m)
                 if (!present[m * cols + col])
-                  a.out[((n * a.out_channels + g * og + m) * p.oh + oy) * p.ow + ox] = nan;
+                  a.out[((n * a.out_channels + g * og + m) * oh + oy) * ow + ox] = nan;
             }
           }
         }
@@ -245,45 +246,27 @@ bool copy_channel(const Conv2dArgs& a, const Plan& p, float* dst, int64_t n, int
   return bad != 0;
 }
 
+// One past the last element of the input view (strides are non-negative): the layouts may read
+// anywhere in [x, view_end) -- e.g. a whole vector around a row's last pixels.
+const float* view_end(const Conv2dArgs& a) {
+  return a.x + (a.n - 1) * a.xs[0] + (a.c - 1) * a.xs[1] + (a.h - 1) * a.xs[2] + (a.w - 1) * a.xs[3] + 1;
+}
+
 // Splits `jobs` items into a few contiguous ranges per thread (coarse tasks: no contention on
 // the task counter, no two threads writing neighbouring flags).
 int64_t coarse_tasks(int64_t jobs, int threads) {
   return std::max<int64_t>(1, std::min<int64_t>(jobs, 4 * static_cast<int64_t>(threads)));
 }
 
-}  // namespace
 
-void sparse_conv2d(const Conv2dArgs& a) {
-  // ---- validation: nothing is trusted ----
-  if (a.n < 0 || a.c < 1) fail("sparse_conv2d: input must have at least one channel");
-  if (a.groups < 1) fail("sparse_conv2d: groups must be positive");
-  if (a.c % a.groups) fail("sparse_conv2d: input channels (" + std::to_string(a.c) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
-  if (a.out_channels < 1 || a.out_channels % a.groups)
-    fail("sparse_conv2d: output channels (" + std::to_string(a.out_channels) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
-  if (a.cin_per_group * a.groups != a.c)
-    fail("sparse_conv2d: weight expects " + std::to_string(a.cin_per_group) +
-         " input channels per group, but the input has " + std::to_string(a.c) +
-         " channels with groups=" + std::to_string(a.groups));
-  if (a.weight.rows != a.out_channels) fail("sparse_conv2d: weight row count != output channels");
-  for (int i = 0; i < 4; ++i)
-    if (a.xs[i] < 0) fail("sparse_conv2d: negative input strides are not supported");
-  Plan p{};
-  conv2d_output_size(a.h, a.w, a.kh, a.kw, a.stride_h, a.stride_w, a.pad_top, a.pad_bottom,
-                     a.pad_left, a.pad_right, a.dil_h, a.dil_w, &p.oh, &p.ow);
-  const int64_t K = checked_mul(a.kh, a.kw, "kernel size");
-  const int64_t cols = checked_mul(a.cin_per_group, K, "weight columns");
-  if (cols > std::numeric_limits<int32_t>::max()) throw std::overflow_error("sparse_conv2d: too many weight columns");
-  validate_csr(a.weight, cols, "sparse_conv2d weight");
-  const int64_t out_needed = checked_mul(checked_mul(checked_mul(a.n, a.out_channels, "output"), p.oh, "output"), p.ow, "output");
-  if (a.out_numel != out_needed) fail("sparse_conv2d: output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(out_needed));
-  if (a.residual && a.residual_numel != out_needed)
-    fail("sparse_conv2d: residual has " + std::to_string(a.residual_numel) + " elements, expected " + std::to_string(out_needed) + " (the output's shape)");
-  if (a.n == 0) return;
-  if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
-
-  const IsaKernels& isa = isa_kernels();
+// The per-image kernel (kernels/sparse_conv.hpp): SIMD over the output pixels of one image,
+// any stride, dilation and layout. Returns whether a NaN/Inf input was seen.
+bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
   const int threads = std::max(1, a.threads);
-
+  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
+  Plan p{};
+  p.oh = oh;
+  p.ow = ow;
   // ---- phased layout ----
   for (int i = 0; i < 64; ++i) p.phy_index[i] = p.phx_index[i] = -1;
   for (int64_t r = 0; r < a.kh; ++r) {
@@ -392,14 +375,15 @@ void sparse_conv2d(const Conv2dArgs& a) {
   // Stride 1 with contiguous rows (nearly every layer) has a vectorised path in the ISA
   // kernels that writes the plane and its replicas in one pass.
   const bool fast_layout = a.stride_h == 1 && a.stride_w == 1 && a.xs[3] == 1;
+  const float* const x_end = view_end(a);
   auto layout = [&](float* dst, int64_t n0, int64_t count, int64_t c0, int64_t c1) {
     bool any = false;
     for (int64_t n = n0; n < n0 + count; ++n)
       for (int64_t c = c0; c < c1; ++c) {
         float* d0 = dst + (n - n0) * p.istride + c * p.cstride;
         if (fast_layout) {
-          const LayoutJob job{a.x + n * a.xs[0] + c * a.xs[1], a.h, a.w, a.xs[2], d0, p.hrows,
-                              p.wrow, a.pad_top, a.pad_left, static_cast<int>(nshift), rep_stride};
+          const LayoutJob job{a.x + n * a.xs[0] + c * a.xs[1], a.x, x_end, a.h, a.w, a.xs[2], d0,
+                              p.hrows, p.wrow, a.pad_top, a.pad_left, static_cast<int>(nshift), rep_stride};
           any |= isa.layout_channel(job);
           continue;
         }
@@ -543,7 +527,211 @@ void sparse_conv2d(const Conv2dArgs& a) {
     });
   }
 
-  if (nonfinite) patch_nonfinite(a, p);
+  return nonfinite;
+}
+
+// Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
+// per-row constant for the epilogue): bounds[g * (parts + 1) + k].
+std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
+  const int64_t og = a.out_channels / a.groups;
+  std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (parts + 1)));
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t r0 = g * og, r1 = r0 + og;
+    const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
+    const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
+    int64_t r = r0;
+    bounds[g * (parts + 1)] = r0;
+    for (int64_t k = 1; k < parts; ++k) {
+      const double target = cost0 + total_cost * k / parts;
+      while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
+      bounds[g * (parts + 1) + k] = std::max(r, bounds[g * (parts + 1) + k - 1]);
+    }
+    bounds[g * (parts + 1) + parts] = r1;
+  }
+  return bounds;
+}
+
+// Images [n0, n1) of a call, as a call of its own (same weight, views of x, out and residual).
+Conv2dArgs part(const Conv2dArgs& a, int64_t n0, int64_t n1, int64_t oh, int64_t ow) {
+  Conv2dArgs b = a;
+  const int64_t per = a.out_channels * oh * ow;
+  b.n = n1 - n0;
+  b.x = a.x + n0 * a.xs[0];
+  b.out = a.out + n0 * per;
+  b.out_numel = b.n * per;
+  if (a.residual) {
+    b.residual = a.residual + n0 * per;
+    b.residual_numel = b.n * per;
+  }
+  return b;
+}
+
+// SPARSECNN_BATCH_LANES=0 turns the batch-lanes kernel off (to compare the two kernels).
+bool lanes_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SPARSECNN_BATCH_LANES");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+// Geometry of the batch-lanes layout of a call with output oh x ow.
+struct LanesPlan {
+  int64_t hrows, wcols;  // layout rows and columns (vectors of W images)
+  int64_t plane;         // floats per channel
+  int rows_max;          // R: output rows per tile
+  int64_t nxc;           // pixel chunks per output row
+};
+
+// The images of the call the batch-lanes kernel takes (whole blocks of W), or 0: stride-1
+// layers whose rows are contiguous, except the 1x1 layers read in place by the per-image
+// kernel (no copy, no wasted lanes there), and only when a tile's input fits the L2.
+int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, LanesPlan* lp) {
+  const int W = isa.width;
+  if (!lanes_enabled() || a.n < W || a.stride_h != 1 || a.stride_w != 1 || a.xs[3] != 1) return 0;
+  const bool unpadded = a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
+  if (a.kh == 1 && a.kw == 1 && unpadded) return 0;
+  const int64_t drmax = (a.kh - 1) * a.dil_h, dqmax = (a.kw - 1) * a.dil_w;
+  lp->hrows = oh + drmax;
+  lp->wcols = ow + dqmax;
+  const double plane = static_cast<double>(lp->hrows) * lp->wcols * W;
+  if (plane * a.c >= static_cast<double>(std::numeric_limits<int32_t>::max())) return 0;  // 32-bit offsets
+  lp->plane = static_cast<int64_t>(plane);
+  const int pmax = std::min(W, isa.max_acc);
+  lp->nxc = (ow + pmax - 1) / pmax;
+  const int64_t pbig = (ow + lp->nxc - 1) / lp->nxc;
+  // The whole L2: unlike the per-image tiles, consecutive tasks share most of their rows.
+  // (CaffeNet conv3 with 2 rows per tile, 983 KB of a 1 MB L2, ran 20% faster than 1 row.)
+  const double budget = static_cast<double>(l2_bytes());
+  auto footprint = [&](int64_t r) { return 4.0 * W * a.cin_per_group * (r + drmax) * (pbig + dqmax); };
+  lp->rows_max = 0;
+  for (int r = 4; r >= 1; --r)
+    if (r * pbig <= isa.max_acc && r <= oh && footprint(r) <= budget) {
+      lp->rows_max = r;
+      break;
+    }
+  if (lp->rows_max == 0) return 0;
+  return a.n / W * W;
+}
+
+// The batch-lanes kernel (kernels/sparse_conv_batch.hpp) on a call whose batch is a multiple of
+// W. Blocks of W images one after the other; all threads lay a block out (over channels), then
+// share its tiles (output rows x pixel chunks x groups x output-channel ranges).
+bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp) {
+  const int W = isa.width, threads = std::max(1, a.threads);
+  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
+  std::vector<int32_t> table(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < a.cin_per_group; ++c)
+    for (int64_t r = 0; r < a.kh; ++r)
+      for (int64_t s = 0; s < a.kw; ++s)
+        table[static_cast<size_t>((c * a.kh + r) * a.kw + s)] =
+            static_cast<int32_t>(c * lp.plane + ((r * a.dil_h) * lp.wcols + s * a.dil_w) * W);
+
+  const float* const x_end = view_end(a);
+  std::vector<float>& buf = scratch();
+  const size_t need = static_cast<size_t>(a.c * lp.plane + 16);
+  if (buf.size() < need) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(need);
+  }
+  float* const lay = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
+
+  const int64_t R = lp.rows_max, nyc = (oh + R - 1) / R, nxc = lp.nxc;
+  const int64_t units = nyc * nxc * a.groups;
+  const int64_t rowparts = units >= 4 * threads ? 1 : std::min<int64_t>(a.out_channels / a.groups, (4 * threads + units - 1) / units);
+  const std::vector<int64_t> bounds = row_bounds(a, rowparts);
+  const int64_t ntask = coarse_tasks(a.c, threads);
+  std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);  // one cache line per task
+  bool nonfinite = false;
+  for (int64_t blk = 0; blk < a.n / W; ++blk) {
+    parallel_for(ntask, threads, [&](int64_t t) {
+      bool any = false;
+      for (int64_t c = a.c * t / ntask; c < a.c * (t + 1) / ntask; ++c) {
+        const LaneLayoutJob job{a.x + blk * W * a.xs[0] + c * a.xs[1], a.x, x_end, a.xs[0], a.xs[2], a.h, a.w,
+                                lay + c * lp.plane, lp.hrows, lp.wcols, a.pad_top, a.pad_left};
+        any |= isa.lanes_layout(job);
+      }
+      bad[t * 8] |= any;
+    });
+    parallel_for(units * rowparts, threads, [&](int64_t task) {
+      int64_t rest = task;
+      const int64_t rp = rest % rowparts; rest /= rowparts;
+      const int64_t g = rest % a.groups; rest /= a.groups;
+      const int64_t xc = rest % nxc; rest /= nxc;
+      const int64_t yc = rest;
+      const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
+      if (row0 >= row1) return;
+      const int64_t small = ow / nxc, extra = ow % nxc;  // balanced pixel chunks
+      const int64_t ox0 = xc * small + std::min(xc, extra), oy0 = yc * R;
+      LaneTile t{};
+      t.values = a.weight.values;
+      t.col = a.weight.col;
+      t.col16 = a.weight.col16;
+      t.row_ptr = a.weight.row_ptr;
+      t.table = table.data();
+      t.in = lay + g * a.cin_per_group * lp.plane + (oy0 * lp.wcols + ox0) * W;
+      t.row_stride = lp.wcols * W;
+      t.rows = static_cast<int>(std::min<int64_t>(R, oh - oy0));
+      t.pixels = static_cast<int>(small + (xc < extra ? 1 : 0));
+      t.row0 = row0;
+      t.row1 = row1;
+      t.out = a.out;
+      t.residual = a.residual;
+      t.residual_end = a.residual ? a.residual + a.residual_numel : nullptr;
+      t.bias = a.bias;
+      t.relu = a.relu;
+      t.img0 = blk * W;
+      t.out_channels = a.out_channels;
+      t.oh = oh;
+      t.ow = ow;
+      t.oy0 = oy0;
+      t.ox0 = ox0;
+      isa.lanes_tile(t);
+    });
+  }
+  for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;
+  return nonfinite;
+}
+}  // namespace
+
+void sparse_conv2d(const Conv2dArgs& a) {
+  // ---- validation: nothing is trusted ----
+  if (a.n < 0 || a.c < 1) fail("sparse_conv2d: input must have at least one channel");
+  if (a.groups < 1) fail("sparse_conv2d: groups must be positive");
+  if (a.c % a.groups) fail("sparse_conv2d: input channels (" + std::to_string(a.c) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
+  if (a.out_channels < 1 || a.out_channels % a.groups)
+    fail("sparse_conv2d: output channels (" + std::to_string(a.out_channels) + ") not divisible by groups (" + std::to_string(a.groups) + ")");
+  if (a.cin_per_group * a.groups != a.c)
+    fail("sparse_conv2d: weight expects " + std::to_string(a.cin_per_group) +
+         " input channels per group, but the input has " + std::to_string(a.c) +
+         " channels with groups=" + std::to_string(a.groups));
+  if (a.weight.rows != a.out_channels) fail("sparse_conv2d: weight row count != output channels");
+  for (int i = 0; i < 4; ++i)
+    if (a.xs[i] < 0) fail("sparse_conv2d: negative input strides are not supported");
+  int64_t oh, ow;
+  conv2d_output_size(a.h, a.w, a.kh, a.kw, a.stride_h, a.stride_w, a.pad_top, a.pad_bottom,
+                     a.pad_left, a.pad_right, a.dil_h, a.dil_w, &oh, &ow);
+  const int64_t K = checked_mul(a.kh, a.kw, "kernel size");
+  const int64_t cols = checked_mul(a.cin_per_group, K, "weight columns");
+  if (cols > std::numeric_limits<int32_t>::max()) throw std::overflow_error("sparse_conv2d: too many weight columns");
+  validate_csr(a.weight, cols, "sparse_conv2d weight");
+  const int64_t out_needed = checked_mul(checked_mul(checked_mul(a.n, a.out_channels, "output"), oh, "output"), ow, "output");
+  if (a.out_numel != out_needed) fail("sparse_conv2d: output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(out_needed));
+  if (a.residual && a.residual_numel != out_needed)
+    fail("sparse_conv2d: residual has " + std::to_string(a.residual_numel) + " elements, expected " + std::to_string(out_needed) + " (the output's shape)");
+  if (a.n == 0) return;
+  if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
+
+  const IsaKernels& isa = isa_kernels();
+  // Whole blocks of W images go to the batch-lanes kernel where it applies, the rest (and
+  // every other layer) to the per-image kernel; each part is a view of the same call.
+  LanesPlan lp{};
+  const int64_t lanes = lanes_images(a, isa, oh, ow, &lp);
+  bool nonfinite = false;
+  if (lanes > 0) nonfinite |= run_lanes(part(a, 0, lanes, oh, ow), isa, oh, ow, lp);
+  if (lanes < a.n) nonfinite |= run_pixels(part(a, lanes, a.n, oh, ow), isa, oh, ow);
+  if (nonfinite) patch_nonfinite(a, oh, ow);
 }
 
 }  // namespace scnn

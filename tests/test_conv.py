@@ -9,6 +9,7 @@ and the error messages for bad input.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -112,7 +113,9 @@ LAYOUTS = ("contiguous", "channels_last", "sliced_w", "sliced_c", "sliced_n", "t
 
 @st.composite
 def conv_configs(draw):
-    n = draw(st.one_of(st.integers(1, 4), st.integers(5, 9)))  # 5+: a partial block of images
+    # 5+: a partial block of images; 8+ / 16+: the batch-lanes kernel (AVX2 / AVX-512 width),
+    # with a remainder for the per-image kernel
+    n = draw(st.one_of(st.integers(1, 4), st.integers(5, 9), st.integers(16, 18)))
     depthwise = draw(st.booleans())
     if depthwise:
         c = draw(st.integers(1, 6))
@@ -248,6 +251,59 @@ def test_caffenet_pruned_layers(isa, layer, batch):
     y = sparse_conv2d(x, sw, b, padding=pad, relu=True)
     assert y.shape == (batch, wd.shape[0], hw, hw)
     assert_close(y, dense_ref(x, wd, b, padding=pad, groups=groups, relu=True))
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv5"])
+def test_caffenet_pruned_layers_batch_lanes(isa, layer):
+    """Batches of 16+ images: whole blocks run the batch-lanes kernel, the rest the per-image one."""
+    wd = _pruned("caffenet_l1_acc56.3")[layer]
+    groups, hw, pad = CAFFE_LAYERS[layer]
+    sw = SparseWeight.from_dense(wd, groups=groups)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(17, wd.shape[1] * groups, hw, hw, generator=gen)
+    b = torch.randn(wd.shape[0], generator=gen)
+    res = torch.randn(17, wd.shape[0], hw, hw, generator=gen)
+    with num_threads(2):
+        y = sparse_conv2d(x, sw, b, padding=pad, relu=True, residual=res)
+    assert_close(y, torch.relu(dense_ref(x, wd, b, padding=pad, groups=groups) + res.double()))
+
+
+@pytest.mark.parametrize("n, c, o, hw, k, pad, dil, groups, relu", [
+    (16, 5, 7, 9, 3, 1, 1, 1, False),      # one block, R rows x P pixels tiles with row remainder
+    (32, 4, 6, 20, 3, (0, 2, 1, 0), 1, 2, True),  # two blocks, asymmetric padding, several pixel chunks
+    (18, 3, 3, 11, 5, 4, 2, 3, True),      # dilation, depthwise-like groups, remainder of 2 images
+    (16, 2, 4, 5, 1, 1, 1, 1, False),      # 1x1 with padding
+    (16, 3, 2, 3, 3, 0, 1, 1, True),       # a single output pixel per image
+])
+def test_batch_lanes_shapes(isa, n, c, o, hw, k, pad, dil, groups, relu):
+    gen = torch.Generator().manual_seed(n * 100 + c)
+    wd = random_weight((o * groups, c, k, k), 0.4, gen)
+    sw = SparseWeight.from_dense(wd, groups=groups)
+    x = torch.randn(n, c * groups, hw, hw + 3, generator=gen)
+    b = torch.randn(o * groups, generator=gen)
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(x, sw, b, padding=pad, dilation=dil, relu=relu)
+        assert_close(y, unfold_ref(x, wd, b, padding=pad, dilation=dil, groups=groups, relu=relu))
+
+
+def test_batch_lanes_switch_gives_same_results(tmp_path):
+    """SPARSECNN_BATCH_LANES=0 (per-image kernel only) and the default agree on a 16-image batch."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch, sparsecnn\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "w = torch.randn(8, 6, 3, 3, generator=g) * (torch.rand(8, 6, 3, 3, generator=g) < 0.3)\n"
+        "x = torch.randn(16, 6, 12, 12, generator=g)\n"
+        "torch.save(sparsecnn.sparse_conv2d(x, sparsecnn.SparseWeight.from_dense(w), padding=1), sys.argv[1])\n"
+    )
+    outs = []
+    for flag in ("1", "0"):
+        out = tmp_path / f"y{flag}.pt"
+        env = dict(os.environ, SPARSECNN_BATCH_LANES=flag)
+        subprocess.run([sys.executable, str(script), str(out)], check=True, env=env)
+        outs.append(torch.load(out))
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
 
 
 RESNET_LAYERS = {  # name: (input hw, stride, padding)

@@ -19,6 +19,27 @@ struct V {
   static inline T zero() { return _mm256_setzero_ps(); }
   static inline T bcast(float x) { return _mm256_set1_ps(x); }
   static inline T loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static inline T load(const float* p) { return _mm256_load_ps(p); }  // 32-byte aligned
+  static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
+  // v[l] lane p <- v[p] lane l (an 8x8 transpose in registers).
+  static inline void transpose(T* v) {
+    T t[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {  // v[4i + k], 128-bit lane q: rows 4i..4i+3 of column 4q + k
+      v[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      v[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      v[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      v[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; ++k) {
+      t[k] = _mm256_permute2f128_ps(v[k], v[4 + k], 0x20);
+      t[4 + k] = _mm256_permute2f128_ps(v[k], v[4 + k], 0x31);
+    }
+    for (int k = 0; k < 8; ++k) v[k] = t[k];
+  }
   static inline Mask tail_mask(int n) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n));
   }
@@ -27,6 +48,12 @@ struct V {
   static inline bool nonfinite(T v) { return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_UNORD_Q)) != 0; }
   // vmaskmovps does not fault on masked-off lanes.
   static inline T load_tail(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  // Lanes m of p, zero elsewhere; a plain load (lanes cleared in a register) when the whole
+  // vector lies inside [lo, hi): masked loads that span two cache lines are slow.
+  static inline T load_inside(const float* p, Mask m, const float* lo, const float* hi) {
+    if (p >= lo && p + W <= hi) return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m));
+    return _mm256_maskload_ps(p, m);
+  }
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
@@ -37,11 +64,12 @@ struct V {
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
 #include "kernels/sparse_conv.hpp"
+#include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
 
 }  // namespace
 
 const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
-                                  &layout_channel<V>};
+                                  &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>};
 
 }  // namespace scnn

@@ -31,6 +31,39 @@ struct ConvTile {
   bool relu;
 };
 
+// One tile of the batch-lanes convolution (kernels/sparse_conv_batch.hpp): W images starting
+// at img0 (the SIMD lanes), output rows [oy0, oy0 + rows) x pixels [ox0, ox0 + pixels), output
+// channels [row0, row1) of one group.
+struct LaneTile {
+  const float* values;
+  const void* col;
+  bool col16;
+  const int32_t* row_ptr;
+  const int32_t* table;  // column -> offset (floats) into the group's layout
+  const float* in;       // layout of the group, at the tile's first pixel
+  int64_t row_stride;    // floats between layout rows
+  int rows, pixels;      // R (1..4), P (1..W)
+  int64_t row0, row1;
+  float* out;            // (N, O, OH, OW)
+  const float* residual;
+  const float* residual_end;  // one past the residual tensor (whole-vector loads stay inside)
+  const float* bias;
+  bool relu;
+  int64_t img0, out_channels, oh, ow, oy0, ox0;
+};
+
+// One channel of a block of W images for the batch-lanes layout (stride 1, contiguous rows).
+struct LaneLayoutJob {
+  const float* src;     // image 0 of the block, this channel, row 0
+  const float* lo;      // [lo, hi): memory of the input that may be read (the whole tensor view)
+  const float* hi;
+  int64_t img_stride;   // floats between images
+  int64_t row_stride;   // floats between rows
+  int64_t h, w;
+  float* dst;           // hrows x wcols vectors of W floats
+  int64_t hrows, wcols, pad_top, pad_left;
+};
+
 struct LinearTile {
   const float* values;
   const void* col;
@@ -51,6 +84,8 @@ struct LinearTile {
 // dst + k * rep_stride.
 struct LayoutJob {
   const float* src;    // the channel's first row
+  const float* lo;     // [lo, hi): memory of the input that may be read (the whole tensor view)
+  const float* hi;
   int64_t h, w;        // input rows and columns
   int64_t row_stride;  // floats between source rows (columns are contiguous)
   float* dst;
@@ -66,6 +101,8 @@ struct IsaKernels {
   void (*conv_tile)(const ConvTile&);
   void (*linear_tile)(const LinearTile&);
   bool (*layout_channel)(const LayoutJob&);  // returns whether a NaN/Inf was read
+  void (*lanes_tile)(const LaneTile&);
+  bool (*lanes_layout)(const LaneLayoutJob&);  // returns whether a NaN/Inf was read
 };
 
 extern const IsaKernels kAvx512Kernels;

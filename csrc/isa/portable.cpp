@@ -34,6 +34,16 @@ struct V {
     for (int i = 0; i < W; ++i) r.v[i] = p[i];
     return r;
   }
+  static inline T load(const float* p) { return loadu(p); }
+  static inline void store(float* p, T v) { storeu(p, v); }
+  static inline void transpose(T* v) {
+    for (int l = 0; l < W; ++l)
+      for (int p = l + 1; p < W; ++p) {
+        const float x = v[l].v[p];
+        v[l].v[p] = v[p].v[l];
+        v[p].v[l] = x;
+      }
+  }
   static inline Mask tail_mask(int n) { return {0, n}; }
   static inline Mask range_mask(int lo, int hi) { return {lo, hi}; }
   static inline T load_tail(const float* p, Mask m) {
@@ -46,6 +56,7 @@ struct V {
     for (int i = 0; i < W; ++i) any |= !std::isfinite(v.v[i]);
     return any;
   }
+  static inline T load_inside(const float* p, Mask m, const float*, const float*) { return load_tail(p, m); }
   static inline T fma(T a, T b, T c) {
     T r;
     for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
@@ -73,11 +84,13 @@ struct V {
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
 #include "kernels/sparse_conv.hpp"
+#include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
 
 }  // namespace
 
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
-                                     &linear_tile<V>, &layout_channel<V>};
+                                     &linear_tile<V>, &layout_channel<V>,
+                                     &lanes_tile<V>, &lanes_layout<V>};
 
 }  // namespace scnn

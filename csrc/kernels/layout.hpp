@@ -21,6 +21,8 @@ bool layout_rows(const LayoutJob& job) {
   float* const out = job.dst;
   const int64_t h = job.h, w = job.w, rs = job.row_stride, hrows = job.hrows, wrow = job.wrow;
   const int64_t pad_top = job.pad_top, pad_left = job.pad_left, rep = job.rep_stride;
+  const float* const lo = job.lo;
+  const float* const hi = job.hi;
   const int ns = NS ? NS : job.nshift;
   const int64_t nq = NQ ? NQ : (wrow + W - 1) / W;
   // Vector v of replica k reads source columns [first, first + W) of its row, lanes [lo, hi).
@@ -52,7 +54,7 @@ bool layout_rows(const LayoutJob& job) {
         // Lanes outside the mask are neither read nor kept: the pointer may point before the
         // row (an offset only, never dereferenced there).
         if (inside && any[e]) {
-          val = V::load_tail(src + first[e], mask[e]);
+          val = V::load_inside(src + first[e], mask[e], lo, hi);
           if (k == 0) bad |= V::nonfinite(val);
         }
         if (v < full)
@@ -84,7 +86,7 @@ bool layout_rows_long(const LayoutJob& job) {
         const int64_t lo = f < 0 ? -f : 0;
         const int64_t hi = w - f < W ? w - f : W;
         if (inside && lo < hi) {
-          v = V::load_tail(src + f, V::range_mask(static_cast<int>(lo), static_cast<int>(hi)));
+          v = V::load_inside(src + f, V::range_mask(static_cast<int>(lo), static_cast<int>(hi)), job.lo, job.hi);
           if (k == 0) bad |= V::nonfinite(v);
         }
         if (q + W <= wrow)

@@ -160,7 +160,7 @@ void test_conv_random(const char* isa) {
     k.c = k.g * pick(1, 4);
     k.o = k.g * pick(1, 4);
     if (it % 10 == 0) { k.g = k.c = k.o = pick(1, 6); }  // depthwise
-    k.n = pick(1, 5);
+    k.n = it % 6 == 4 ? pick(16, 18) : pick(1, 5);  // 16+: the batch-lanes kernel (+ a remainder)
     k.kh = pick(1, 5); k.kw = pick(1, 5);
     k.sh = pick(1, 3); k.sw = pick(1, 3);
     k.dh = pick(1, 2); k.dw = pick(1, 2);
@@ -169,6 +169,7 @@ void test_conv_random(const char* isa) {
     if (k.h + k.pt + k.pb < k.dh * (k.kh - 1) + 1) k.h = k.dh * (k.kh - 1) + 1;
     if (k.w + k.pl + k.pr < k.dw * (k.kw - 1) + 1) k.w = k.dw * (k.kw - 1) + 1;
     if (it % 7 == 0) { k.kh = k.kw = 1; k.sh = k.sw = 1; k.pt = k.pb = k.pl = k.pr = 0; }  // direct path
+    if (k.n >= 16 && it % 12 == 4) k.sh = k.sw = 1;  // surely the batch-lanes kernel
     k.bias = it % 2; k.relu = it % 3 == 0; k.channels_last = it % 5 == 1; k.use16 = it % 4 != 3;
     k.residual = it % 4 == 1;
     k.density = densities[it % 5];
