@@ -254,6 +254,38 @@ NB_MODULE(_core, m) {
   m.def("linear", &linear, nb::arg("x"), nb::arg("values"), nb::arg("col_idx"),
         nb::arg("row_ptr"), nb::arg("bias").none(), nb::arg("out"), nb::arg("out_features"),
         nb::arg("relu"), nb::arg("threads"), "out = x @ W_csr^T (+bias) (relu).");
+  m.def("conv2d_plan",
+        [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t out_channels, int64_t cin_per_group,
+           int64_t kh, int64_t kw, int64_t groups, std::vector<int64_t> stride, std::vector<int64_t> padding,
+           std::vector<int64_t> dilation, int threads) {
+          if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+            throw std::invalid_argument("stride/dilation need 2 values and padding 4");
+          scnn::Conv2dArgs a;
+          a.n = n; a.c = c; a.h = h; a.w = w; a.out_channels = out_channels; a.cin_per_group = cin_per_group;
+          a.kh = kh; a.kw = kw; a.groups = groups; a.stride_h = stride[0]; a.stride_w = stride[1];
+          a.pad_top = padding[0]; a.pad_bottom = padding[1]; a.pad_left = padding[2]; a.pad_right = padding[3];
+          a.dil_h = dilation[0]; a.dil_w = dilation[1]; a.threads = threads;
+          const scnn::ConvPlanInfo p = scnn::conv2d_plan(a);
+          nb::dict d;
+          d["vector_width"] = p.vector_width;
+          d["lanes_images"] = p.lanes_images;
+          d["pixel_images"] = p.pixel_images;
+          d["vec_fmas"] = p.vec_fmas;
+          d["lanes_vec_fmas"] = p.lanes_vec_fmas;
+          d["visits"] = p.visits;
+          d["epilogues"] = p.epilogues;
+          d["layout_bytes"] = p.layout_bytes;
+          d["layout_buffer_bytes"] = p.layout_buffer_bytes;
+          d["read_bytes"] = p.read_bytes;
+          d["footprint"] = p.footprint;
+          d["image_mode"] = p.image_mode;
+          return d;
+        },
+        nb::arg("n"), nb::arg("c"), nb::arg("h"), nb::arg("w"), nb::arg("out_channels"), nb::arg("cin_per_group"),
+        nb::arg("kh"), nb::arg("kw"), nb::arg("groups"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
+        nb::arg("threads"),
+        "The work sparse_conv2d plans for this geometry (kernels, vector FMAs and tile visits per nonzero, "
+        "layout bytes, epilogues): what the performance model counts.");
   m.def("max_pool2d", &max_pool2d, nb::arg("x"), nb::arg("out"), nb::arg("kernel"), nb::arg("stride"),
         nb::arg("padding"), nb::arg("ceil_mode"), nb::arg("threads"),
         "out = max_pool2d(x) (NCHW contiguous float32; padding on both sides; NaN propagates).");

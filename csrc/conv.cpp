@@ -259,12 +259,44 @@ int64_t coarse_tasks(int64_t jobs, int threads) {
 }
 
 
-// The per-image kernel (kernels/sparse_conv.hpp): SIMD over the output pixels of one image,
-// any stride, dilation and layout. Returns whether a NaN/Inf input was seen.
-bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
-  const int threads = std::max(1, a.threads);
-  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
+// Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
+// per-row constant for the epilogue): bounds[g * (parts + 1) + k].
+std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
+  const int64_t og = a.out_channels / a.groups;
+  std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (parts + 1)));
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t r0 = g * og, r1 = r0 + og;
+    const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
+    const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
+    int64_t r = r0;
+    bounds[g * (parts + 1)] = r0;
+    for (int64_t k = 1; k < parts; ++k) {
+      const double target = cost0 + total_cost * k / parts;
+      while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
+      bounds[g * (parts + 1) + k] = std::max(r, bounds[g * (parts + 1) + k - 1]);
+    }
+    bounds[g * (parts + 1) + parts] = r1;
+  }
+  return bounds;
+}
+
+// How the per-image kernel runs a call: layout, tiles, sharing between threads.
+struct PixelsPlan {
   Plan p{};
+  int W = 16, nph = 1;
+  int64_t nshift = 1;                  // column-shifted replicas of the input
+  int64_t positions = 0, nvec = 0;     // widened output positions / vectors per image
+  int64_t nchunks = 1, nb = 1, nblocks = 0;
+  bool image_mode = false;             // a task per image block (else: split output channels)
+  int64_t buf_images = 0, rep_stride = 0;
+  double footprint = 0;                // bytes of input one tile reads
+};
+
+// The per-image kernel's plan (sparse_conv2d runs exactly this; conv2d_plan reports it).
+PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
+  const int threads = std::max(1, a.threads);
+  PixelsPlan pl;
+  Plan& p = pl.p;
   p.oh = oh;
   p.ow = ow;
   // ---- phased layout ----
@@ -296,18 +328,20 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
   // Aligned loads: with the row width a multiple of the vector width, and one replica of the
   // input per column shift dq (replica dq holds the input moved dq floats left), every
   // vector load of the kernel is aligned. A misaligned 64-byte load spans two cache lines and
-  // costs two load slots on current x86 cores, which halves the FMA rate. Used when it widens
-  // rows by at most 25% and needs at most 5 replicas.
+  // costs two load slots on current x86 cores, which halves the FMA rate from L1. Used when it
+  // widens rows by at most 25% and needs at most 3 replicas: the tiles mostly run from L2, where
+  // alignment buys less, and the 5 replicas of a 5x5 layer cost more to write than they saved
+  // (CaffeNet conv2 at batch 1 and 4: 5% faster with one unaligned copy).
   const int W = isa.width;
-  int64_t nshift = 1;
+  int64_t& nshift = pl.nshift;
   if (!p.direct) {
     const int64_t wa = (p.wrow + W - 1) / W * W;
-    if (wa * 4 <= p.wrow * 5 && p.dqmax + 1 <= 5) {
+    if (wa * 4 <= p.wrow * 5 && p.dqmax + 1 <= 3) {
       p.wrow = wa;
       nshift = p.dqmax + 1;
     }
   }
-  const int nph = p.nphy * p.nphx;
+  const int nph = pl.nph = p.nphy * p.nphx;
   p.plane = checked_mul(p.hrows, p.wrow, "plane size");
   p.cstride = checked_mul(p.plane, nph, "channel size");
   p.istride = checked_mul(p.cstride, a.c, "image size");
@@ -321,8 +355,8 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
   // group. Register blocking wants nb * nv close to max_acc; the cache wants the input the
   // tile reads (nb images x the group's channels x the rows its positions touch, every phase
   // and replica) to fit the core's L2, so the row loop re-reads it from there, not from L3.
-  const int64_t positions = p.oh * p.wrow;
-  const int64_t nvec = (positions + W - 1) / W;
+  const int64_t positions = pl.positions = p.oh * p.wrow;
+  const int64_t nvec = pl.nvec = (positions + W - 1) / W;
   const int nv_max = std::min(16, isa.max_acc);
   const double budget = 0.9 * static_cast<double>(l2_bytes());
   auto footprint = [&](int64_t nb_, int64_t nv_) {  // bytes of input one tile reads
@@ -342,7 +376,6 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
       break;
     }
   const int64_t nblocks = (a.n + nb - 1) / nb;
-  const int64_t og = a.out_channels / a.groups;
   // Two ways to share the work. "Image" mode (enough image blocks for every thread): a task is
   // one block of images; its thread lays that block out in its own buffer and runs every tile
   // on it while it is still in its L2. "Row" mode (batch 1, small batches): one shared layout,
@@ -351,8 +384,31 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
   const int64_t buf_images = image_mode ? nb : a.n;
   // One replica of a buffer, with slack so that a partial last vector can be loaded whole.
   const int64_t rep_stride = (buf_images * p.istride + 64 + 15) / 16 * 16;
+  pl.W = W;
+  pl.nchunks = nchunks;
+  pl.nb = nb;
+  pl.nblocks = nblocks;
+  pl.image_mode = image_mode;
+  pl.buf_images = buf_images;
+  pl.rep_stride = rep_stride;
   if (nshift > 1 && checked_mul(nshift, rep_stride, "phased input size") > std::numeric_limits<int32_t>::max())
     nshift = 1;  // offsets of the replicas would overflow: fall back to unaligned loads
+  pl.footprint = footprint(nb, chunk_big);
+  return pl;
+}
+
+// The per-image kernel (kernels/sparse_conv.hpp): SIMD over the output pixels of one image,
+// any stride, dilation and layout. Returns whether a NaN/Inf input was seen.
+bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
+  const int threads = std::max(1, a.threads);
+  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
+  const PixelsPlan pl = plan_pixels(a, isa, oh, ow);
+  const Plan& p = pl.p;
+  const int W = pl.W;
+  const int64_t nshift = pl.nshift, positions = pl.positions, nvec = pl.nvec, nchunks = pl.nchunks;
+  const int64_t nb = pl.nb, nblocks = pl.nblocks, buf_images = pl.buf_images, rep_stride = pl.rep_stride;
+  const bool image_mode = pl.image_mode;
+  const int64_t og = a.out_channels / a.groups;
 
   // column -> offset table, built per call (O(C*KH*KW)); the CSR itself stays layout free.
   // The offsets of channel 0's taps, then every channel is that plus c * cstride (no division
@@ -435,6 +491,7 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     t.nb = static_cast<int>(std::min<int64_t>(nb, a.n - img0));
     t.nv = static_cast<int>(nv);
     t.overread_ok = !p.direct;
+    t.in_end = view_end(a);
     t.out = a.out;
     t.img0 = img0;
     t.out_channels = a.out_channels;
@@ -501,21 +558,7 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     const int64_t units = nblocks * nchunks * a.groups;
     int64_t rowparts = 1;
     if (threads > 1 && units < 4 * threads) rowparts = std::min<int64_t>(og, (4 * threads + units - 1) / units);
-    // Row boundaries balanced by nonzeros (+ a per-row constant for the epilogue).
-    std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (rowparts + 1)));
-    for (int64_t g = 0; g < a.groups; ++g) {
-      const int64_t r0 = g * og, r1 = r0 + og;
-      const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
-      const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
-      int64_t r = r0;
-      bounds[g * (rowparts + 1)] = r0;
-      for (int64_t k = 1; k < rowparts; ++k) {
-        const double target = cost0 + total_cost * k / rowparts;
-        while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
-        bounds[g * (rowparts + 1) + k] = std::max(r, bounds[g * (rowparts + 1) + k - 1]);
-      }
-      bounds[g * (rowparts + 1) + rowparts] = r1;
-    }
+    const std::vector<int64_t> bounds = row_bounds(a, rowparts);
     parallel_for(units * rowparts, threads, [&](int64_t task) {
       int64_t rest = task;
       const int64_t rp = rest % rowparts; rest /= rowparts;
@@ -528,27 +571,6 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
   }
 
   return nonfinite;
-}
-
-// Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
-// per-row constant for the epilogue): bounds[g * (parts + 1) + k].
-std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
-  const int64_t og = a.out_channels / a.groups;
-  std::vector<int64_t> bounds(static_cast<size_t>(a.groups * (parts + 1)));
-  for (int64_t g = 0; g < a.groups; ++g) {
-    const int64_t r0 = g * og, r1 = r0 + og;
-    const double cost0 = a.weight.row_ptr[r0] + 2.0 * r0;
-    const double total_cost = (a.weight.row_ptr[r1] + 2.0 * r1) - cost0;
-    int64_t r = r0;
-    bounds[g * (parts + 1)] = r0;
-    for (int64_t k = 1; k < parts; ++k) {
-      const double target = cost0 + total_cost * k / parts;
-      while (r < r1 && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
-      bounds[g * (parts + 1) + k] = std::max(r, bounds[g * (parts + 1) + k - 1]);
-    }
-    bounds[g * (parts + 1) + parts] = r1;
-  }
-  return bounds;
 }
 
 // Images [n0, n1) of a call, as a call of its own (same weight, views of x, out and residual).
@@ -694,6 +716,50 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
   return nonfinite;
 }
 }  // namespace
+
+ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
+  Conv2dArgs a = g;
+  if (a.n < 1 || a.c < 1 || a.groups < 1 || a.c % a.groups || a.out_channels < 1 || a.out_channels % a.groups ||
+      a.cin_per_group * a.groups != a.c)
+    fail("conv2d_plan: inconsistent channels, groups or batch");
+  int64_t oh, ow;
+  conv2d_output_size(a.h, a.w, a.kh, a.kw, a.stride_h, a.stride_w, a.pad_top, a.pad_bottom, a.pad_left,
+                     a.pad_right, a.dil_h, a.dil_w, &oh, &ow);
+  a.xs[3] = 1, a.xs[2] = a.w, a.xs[1] = a.h * a.w, a.xs[0] = a.c * a.h * a.w;
+  const IsaKernels& isa = isa_kernels();
+  ConvPlanInfo info;
+  info.vector_width = isa.width;
+  LanesPlan lp{};
+  const int64_t lanes = lanes_images(a, isa, oh, ow, &lp);
+  const int64_t W = isa.width, in_bytes = 4 * a.c * a.h * a.w;
+  if (lanes > 0) {
+    const int64_t blocks = lanes / W, nyc = (oh + lp.rows_max - 1) / lp.rows_max;
+    info.lanes_images = lanes;
+    info.lanes_vec_fmas += blocks * oh * ow;
+    info.visits += blocks * nyc * lp.nxc;
+    info.epilogues += blocks * a.out_channels * oh * lp.nxc;
+    info.layout_bytes += blocks * a.c * lp.plane * 4;
+    info.layout_buffer_bytes = a.c * lp.plane * 4;
+    info.read_bytes += lanes * in_bytes;
+    const int64_t pbig = (ow + lp.nxc - 1) / lp.nxc;
+    info.footprint = 4.0 * W * a.cin_per_group * (lp.rows_max + (a.kh - 1) * a.dil_h) * (pbig + (a.kw - 1) * a.dil_w);
+  }
+  if (lanes < a.n) {
+    const Conv2dArgs b = part(a, lanes, a.n, oh, ow);
+    const PixelsPlan pl = plan_pixels(b, isa, oh, ow);
+    info.pixel_images = b.n;
+    info.vec_fmas += b.n * pl.nvec;
+    info.visits += pl.nblocks * pl.nchunks;
+    info.epilogues += pl.nblocks * pl.nchunks * a.out_channels;
+    info.layout_bytes += pl.p.direct ? 0 : b.n * a.c * pl.p.cstride * pl.nshift * 4;
+    if (!pl.p.direct)
+      info.layout_buffer_bytes = std::max(info.layout_buffer_bytes, pl.buf_images * a.c * pl.p.cstride * pl.nshift * 4);
+    info.read_bytes += b.n * in_bytes;
+    info.footprint = std::max(info.footprint, pl.footprint);
+    info.image_mode = pl.image_mode;
+  }
+  return info;
+}
 
 void sparse_conv2d(const Conv2dArgs& a) {
   // ---- validation: nothing is trusted ----

@@ -88,6 +88,24 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t st
 
 // out = conv2d(x, W) (+ bias) (+ residual) (then ReLU), W given in CSR.
 void sparse_conv2d(const Conv2dArgs& a);
+
+// The work sparse_conv2d does for a call of this geometry, as planned by the same code that
+// runs it (for the performance model; the data pointers and the CSR are not read; the input is
+// taken as NCHW contiguous). Per-nonzero counts multiply the layer's number of nonzeros.
+struct ConvPlanInfo {
+  int vector_width = 0;
+  int64_t lanes_images = 0, pixel_images = 0;  // images run by each kernel
+  int64_t vec_fmas = 0;      // vector FMAs per nonzero weight, whole batch, per-image kernel
+  int64_t lanes_vec_fmas = 0;  // the same for the batch-lanes kernel
+  int64_t visits = 0;        // tile visits per nonzero (index, broadcast, address work)
+  int64_t epilogues = 0;     // (output channel, tile) stores: bias/ReLU/residual, transposes
+  int64_t layout_bytes = 0;  // bytes written laying the input out (0: read in place)
+  int64_t layout_buffer_bytes = 0;  // size of one layout buffer (a block of images, or the batch)
+  int64_t read_bytes = 0;    // input bytes read by the layout or the finiteness scan
+  double footprint = 0;      // input bytes one tile reads (largest of the two kernels)
+  bool image_mode = false;   // per-image kernel: a task per image block (else channel ranges)
+};
+ConvPlanInfo conv2d_plan(const Conv2dArgs& geometry);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.
 void sparse_linear(const LinearArgs& a);
 // Output size of one pooled dimension (torch's rule); throws on invalid parameters.

@@ -60,82 +60,82 @@ def test_layerspec_strided_same_and_linear():
         LayerSpec.from_module(nn.ReLU(), (1, 3, 4, 4))
 
 
-def test_kernel_widening():
-    # padded width 15 -> 13 rows x 15 = 195 positions -> 208 (SIMD) for 169 useful
-    assert CONV5.kernel_positions() == 208
-    assert CONV5.widening() == pytest.approx(208 / 169)
-    assert FC.widening() == 1.0
-    wide = LayerSpec("w", "conv", 8, 8, (1, 1), input_hw=(64, 64))
-    assert wide.widening() == 1.0 and wide.is_direct() and wide.copy_bytes(2) == wide.input_bytes(2)
-    # stride 2, 3x3, pad 1 on 56x56: OW=28, dqmax = 1, wrow = 29 -> aligned to 32 (+10 %),
-    # two phases each way, hrows = OH + 1 + 1, two replicas (dq = 0, 1)
-    s2 = LayerSpec("s2", "conv", 128, 128, (3, 3), (2, 2), (1, 1), input_hw=(56, 56))
-    assert s2.shifts() == (1, 1) and s2.row_width() == 32 and s2.replicas() == 2 and not s2.is_direct()
-    assert s2.copy_bytes(1) == s2.input_bytes(1) + 4 * 128 * 4 * 30 * 32 * 2
-    # 5x5 pad 2 on 27x27 (CaffeNet conv2): wrow = 31 -> 32, 5 replicas, hrows = 27 + 4 + 1
-    c2 = CONV2
-    assert c2.row_width() == 32 and c2.replicas() == 5 and c2.phased_rows() == 32
-    assert c2.copy_bytes(2) == c2.input_bytes(2) + 4 * 2 * 96 * 32 * 32 * 5
-    assert c2.kernel_positions() == 27 * 32
-    # 7x7 map, 3x3: wrow = 9 -> 16 would widen by 78 %: not aligned, one copy
-    s7 = LayerSpec("s7", "conv", 512, 512, (3, 3), padding=(1, 1), input_hw=(7, 7))
-    assert s7.row_width() == 9 and s7.replicas() == 1 and s7.kernel_positions() == 64
-    # 7x7 kernel, stride 1 (dqmax = 6: 7 replicas > 5): never aligned
-    big = LayerSpec("k7", "conv", 3, 64, (7, 7), (1, 1), (3, 3), input_hw=(60, 60))
-    assert big.replicas() == 1 and big.row_width() == 60 + 6
-    # stride 2 (ResNet stem): dqmax = 3, wrow = 115 -> 128 (+11 %), 4 replicas, 4 phases
-    stem = LayerSpec("k7", "conv", 3, 64, (7, 7), (2, 2), (3, 3), input_hw=(224, 224))
-    assert stem.replicas() == 4 and stem.row_width() == 128 and stem.phases() == 4
+def test_kernel_work_is_the_cores_plan():
+    """The model prices the plan the compiled core makes for the layer, not a copy of it."""
+    import sparsecnn.ops as ops
 
-
-def test_kernel_plan_mirrors_conv_cpp():
-    # 13x13 3x3: 13 rows x 16 = 208 positions = 13 vectors, one chunk; 2 images per tile (26 <= 28)
-    assert CONV5.kernel_plan(1) == {"vectors": 13, "chunks": 1, "nb": 1, "blocks": 1}
-    assert CONV5.kernel_plan(16) == {"vectors": 13, "chunks": 1, "nb": 2, "blocks": 8}
-    # 27x32 = 864 positions = 54 vectors -> 4 balanced chunks of <= 14: nb = 2 (28 <= 28)
-    assert CONV2.kernel_plan(16) == {"vectors": 54, "chunks": 4, "nb": 2, "blocks": 8}
-    # 7x7 1x1 direct: 49 positions -> 4 vectors, 4 images per tile
-    s = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
-    assert s.kernel_plan(16) == {"vectors": 4, "chunks": 1, "nb": 4, "blocks": 4}
-    assert s.kernel_plan(3)["nb"] == 3
+    with ops.use_isa("avx512" if ops.isa_supported("avx512") else "portable"):
+        w16 = 16 if ops.active_isa() == "avx512" else 8
+        # 13x13 3x3 (CaffeNet conv5) at batch 1: per-image kernel, rows widened to 16:
+        # 13 rows x 16 = 13 vectors per image, one tile; 3 shifted replicas laid out
+        w = CONV5.kernel_work(1, threads=2)
+        if w16 == 16:
+            assert (w["pixel_images"], w["lanes_images"], w["vec_fmas"], w["visits"]) == (1, 0, 13, 1)
+            assert w["layout_bytes"] == 4 * 384 * 16 * 16 * 3 and w["read_bytes"] == 4 * 384 * 13 * 13
+        # a batch of 16 (+1): one block of 16 in the batch-lanes kernel (169 pixel vectors per
+        # nonzero, no widened lanes), the last image per image
+        w = CONV5.kernel_work(w16 + 1, threads=2)
+        assert w["lanes_images"] == w16 and w["pixel_images"] == 1
+        assert w["lanes_vec_fmas"] == 13 * 13
+        # 1x1 unpadded layers are read in place (no layout), never in the lanes kernel
+        one = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
+        w = one.kernel_work(16, threads=2)
+        assert w["layout_bytes"] == 0 and w["lanes_images"] == 0 and w["pixel_images"] == 16
+        # linear: the batch is the SIMD dimension
+        w = FC.kernel_work(16, threads=2)
+        assert w["vec_fmas"] == -(-16 // w16) and w["layout_bytes"] == 4 * 16 * 4096
+        assert FC.kernel_work(1)["layout_bytes"] == 0
 
 
 # ---------------------------------------------------------------------- formulas
 @pytest.mark.parametrize("spec,batch", [(CONV5, 1), (CONV5, 16), (CONV2, 4), (FC, 1), (FC, 64)])
-@pytest.mark.parametrize("c_nz,c_out", [(0.0, 0.0), (2e-9, 1e-9)])
-@pytest.mark.parametrize("a_batch", [None, 4.0])
-def test_bounds_closed_form(spec, batch, c_nz, c_out, a_batch):
-    m = _model(c_nz=c_nz, c_out=c_out, threads=2, a_batch=a_batch)
+@pytest.mark.parametrize("visit,epi", [(0.0, 0.0), (3.0, 20.0)])
+@pytest.mark.parametrize("a_lanes", [None, 4.0])
+def test_bounds_closed_form(spec, batch, visit, epi, a_lanes):
+    """gamma = 1 (the paper's linear model): the bounds have a closed form."""
+    m = _model(visit_slots=visit, epi_slots=epi, threads=2, a_lanes=a_lanes)
     t_dense = m.dense_time(spec, batch)
-    plan = spec.kernel_plan(batch, 16, 28)
-    fixed = m.t0 + m.pad_time(spec, batch) + c_out * batch * spec.out_channels * plan["vectors"] / 2
-    bw = m.bandwidth(spec, batch)
-    a = a_batch if (a_batch and plan["nb"] > 1) else m.a
-    kc = (a * spec.flops(batch) * spec.widening() / m.machine.F
-          + c_nz * spec.weight_numel * plan["chunks"] * plan["blocks"] / 2)
-    b0 = spec.act_bytes(batch) / bw
+    w = spec.kernel_work(batch, 2)
+    tau_l = m.tau_lanes if m.tau_lanes is not None else m.tau_fma
+    fixed = m.t0 + m.memory_time(spec, batch) + w["epilogues"] * m.tau_epi / 2
+    kc = spec.weight_numel * (w["vec_fmas"] * m.tau_fma + w["lanes_vec_fmas"] * tau_l + w["visits"] * m.tau_visit) / 2
+    b0 = spec.act_bytes(batch) / m.bandwidth(spec, batch)
     kb = m.b * spec.weight_bytes() / m.weight_bandwidth(spec)
     be = min((t_dense - fixed) / kc, (t_dense - fixed - b0) / kb)
     sat = min(1.0, max(0.0, (fixed + b0) / (kc - kb))) if kc > kb else 1.0
     ur = m.useful_range(spec, batch)
     assert ur is not None
-    assert ur[0] == pytest.approx(min(be, 1.0), rel=1e-12)
-    assert ur[1] == pytest.approx(min(sat, ur[0]), rel=1e-12)
-    if be < 1.0:
-        assert m.predict(spec, ur[0], batch).speedup == pytest.approx(1.0, rel=1e-9)
-        assert m.predict(spec, ur[0] * 0.9, batch).speedup > 1.0
-    if 0.0 < sat < 1.0:  # FMA work = density-independent floor (fixed + S_A/B + b x S_W/B)
-        p = m.predict(spec, sat, batch)
-        assert p.t_compute == pytest.approx(p.t_fixed + p.t_bw, rel=1e-9)
-        assert p.t_sparse <= 2 * p.t_compute * (1 + 1e-9)
+    assert ur[0] == pytest.approx(min(be, 1.0), rel=1e-9)
+    assert ur[1] == pytest.approx(min(sat, ur[0]), rel=1e-9)
     # the compute term has no constant part: the saturation density is never 0
     assert ur[1] > 0
 
 
+@pytest.mark.parametrize("gamma", [0.8, 0.9, 1.0])
+@pytest.mark.parametrize("spec,batch", [(CONV5, 1), (CONV5, 16), (CONV2, 4), (FC, 64)])
+def test_bounds_solve_their_equations(spec, batch, gamma):
+    """With any gamma the bounds solve speedup = 1 and FMA work = density-independent floor."""
+    m = _model(visit_slots=3.0, epi_slots=20.0, threads=2)
+    m.gamma = gamma
+    ur = m.useful_range(spec, batch)
+    assert ur is not None
+    be, sat = ur
+    if be < 1.0:
+        assert m.predict(spec, be, batch).speedup == pytest.approx(1.0, rel=1e-9)
+        assert m.predict(spec, be * 0.9, batch).speedup > 1.0
+    if 0.0 < sat < be:
+        p = m.predict(spec, sat, batch)
+        assert p.t_compute == pytest.approx(p.t_fixed + p.t_bw, rel=1e-9)
+        assert p.t_sparse <= 2 * p.t_compute * (1 + 1e-9)
+        assert m.predict(spec, sat * 0.9, batch).t_compute < m.predict(spec, sat * 0.9, batch).t_fixed + \
+            m.predict(spec, sat * 0.9, batch).t_bw
+    assert 0 < sat <= be
+
+
 def test_saturation_is_positive_for_small_convs():
-    # fmnist_vgg-like convs: the old fit made them compute bound at every density (sat = 0),
-    # so GSL's stop rule never fired
-    m = _model(threads=2, c_nz=1e-9, c_out=2e-9, a=1.0, a_batch=1.8, t0=40e-6)
+    # fmnist_vgg-like convs: a fit that made them compute bound at every density (sat = 0)
+    # would keep GSL's stop rule from ever firing
+    m = _model(threads=2, visit_slots=3.0, epi_slots=20.0, a=1.0, a_lanes=1.5, t0=20e-6)
     for cin, cout, hw in ((1, 32, 28), (32, 32, 28), (32, 64, 14), (64, 64, 14), (64, 128, 7)):
         s = LayerSpec("c", "conv", cin, cout, (3, 3), padding=(1, 1), input_hw=(hw, hw))
         for batch in (1, 64):
@@ -145,15 +145,16 @@ def test_saturation_is_positive_for_small_convs():
 
 
 def test_paper_model_reduces_to_paper_formula():
-    # no overheads, no widening (wide map), no padding: t_sparse = max(a x C/F, (S_A + b x S_W)/B)
+    # no overheads, no widening (a 1x1 layer whose map is a multiple of the vector width, read
+    # in place): t_sparse = max(a x C/F, (S_A + b x S_W)/B)
     spec = LayerSpec("c", "conv", 256, 256, (1, 1), input_hw=(32, 64))
     m = PerfModel.synthetic(F=100e9, B=10e9, a=3.0, b=2.0)
     x = 0.1
     p = m.predict(spec, x, 1)
     c, sa, sw = spec.flops(1), spec.act_bytes(1), spec.weight_bytes()
     assert p.t_dense == pytest.approx(c / 100e9)
-    # the only extra is the kernel's read-only scan of the input (t_fixed)
-    assert p.t_fixed == pytest.approx(spec.input_bytes(1) / 10e9)
+    # the only extra is the memory streams: the kernel's read-only scan of the input and the output
+    assert p.t_fixed == pytest.approx((spec.input_bytes(1) + spec.output_bytes(1)) / 10e9)
     assert p.t_sparse - p.t_fixed == pytest.approx(max(3 * x * c / 100e9, (sa + 2 * x * sw) / 10e9))
     assert m.predict(spec, 1 / 3, 1).t_compute == pytest.approx(p.t_dense)
 
@@ -168,7 +169,7 @@ def test_monotone_in_density_and_bound_switch():
     assert all(a >= b for a, b in zip(sp, sp[1:]))
     assert all(a <= b for a, b in zip(ts, ts[1:]))
     assert preds[-1].bound == "compute"
-    assert m.predict(FC, 0.05, 1).bound == "bandwidth"
+    assert _model(B=5e9, B_llc=5e9).predict(FC, 0.05, 1).bound == "bandwidth"
     # more batch amortises the fixed cost: speedup at fixed density does not drop
     assert m.predict(CONV5, 0.05, 16).speedup >= m.predict(CONV5, 0.05, 1).speedup * 0.999
 
@@ -236,7 +237,7 @@ def test_corrupted_cache_recalibrates_with_warning(cache_env, caplog, content):
         m = PerfModel.load_or_calibrate(threads=2)
     assert isinstance(m, PerfModel) and len(calls) == 1
     assert any("recalibrating" in r.getMessage() for r in caplog.records)
-    assert json.loads(path.read_text())["model"]["a"] == m.a  # replaced by a good file
+    assert json.loads(path.read_text())["model"]["tau_fma"] == m.tau_fma  # replaced by a good file
 
 
 def test_stale_cache_recalibrates_with_warning(cache_env, caplog):
@@ -245,11 +246,11 @@ def test_stale_cache_recalibrates_with_warning(cache_env, caplog):
     path = cal.cache_path(2)
     doc = json.loads(path.read_text())
     doc["key"]["version"] = "0.0.0-old"
-    doc["model"]["a"] = 99.0
+    doc["model"]["tau_fma"] = 99.0
     path.write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="sparsecnn.perf"):
         m = PerfModel.load_or_calibrate(threads=2)
-    assert len(calls) == 2 and m.a != 99.0
+    assert len(calls) == 2 and m.tau_fma != 99.0
     assert any("stale" in r.getMessage() for r in caplog.records)
     # bad constants inside a well-keyed file are also caught
     doc = json.loads(path.read_text())
@@ -262,19 +263,21 @@ def test_stale_cache_recalibrates_with_warning(cache_env, caplog):
 
 def test_nelder_mead_fit_recovers_constants():
     s7 = LayerSpec("s7", "conv", 256, 256, (1, 1), input_hw=(7, 7))
-    specs = [(CONV5, 0.02, 1), (CONV5, 0.3, 1), (CONV5, 0.1, 8), (CONV2, 0.1, 4), (CONV2, 0.05, 16),
-             (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1),
-             (LayerSpec("t", "conv", 16, 16, (3, 3), padding=(1, 1), input_hw=(8, 8)), 0.2, 1)]
-    truth = _model(a=1.1, a_batch=1.8, t0=40e-6, threads=2, B_copy=8e9)
-    truth.machine.B_copy_llc = 30e9
-    cal._set_params(truth, [1.1, 1.8, 40e-6, 1 / 8e9, 1 / 30e9])  # ties c_nz, c_out to a
+    tiny = LayerSpec("t", "conv", 16, 16, (3, 3), padding=(1, 1), input_hw=(8, 8))
+    c56 = LayerSpec("c56", "conv", 64, 64, (3, 3), padding=(1, 1), input_hw=(56, 56))
+    specs = [(CONV5, 0.02, 1), (CONV5, 0.3, 1), (CONV5, 0.1, 16), (CONV5, 0.4, 16), (CONV2, 0.1, 4),
+             (CONV2, 0.05, 16), (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1), (c56, 0.05, 1), (c56, 0.3, 16),
+             (tiny, 0.2, 1), (tiny, 0.6, 1)]
+    truth = _model(threads=2, B_copy=8e9)
+    cal._set_params(truth, [0.35e-9, 0.3e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 8e9])
     samples = [{"spec": s.to_dict(), "density": x, "batch": b, "t": truth.predict(s, x, b).t_sparse}
                for s, x, b in specs]
-    m = _model(a=1.0, t0=1e-6, threads=2, B_copy=8e9, B_llc=30e9)  # the probes (priors) agree
-    a, b, t0, rms = cal.fit_kernel(m, samples)
-    assert rms < 2e-3 and b == 2.0  # b is fixed, not fitted
-    assert a == pytest.approx(1.1, rel=0.03) and m.a_batch == pytest.approx(1.8, rel=0.03)
-    assert t0 == pytest.approx(40e-6, rel=0.1) and m.machine.B_copy_llc == pytest.approx(30e9, rel=0.1)
+    m = _model(threads=2, B_copy=8e9)  # the copy probe (prior) agrees
+    rms = cal.fit_kernel(m, samples)
+    assert rms < 5e-3 and m.b == 2.0  # b is fixed, not fitted
+    assert m.tau_fma == pytest.approx(0.35e-9, rel=0.05) and m.tau_lanes == pytest.approx(0.3e-9, rel=0.05)
+    assert m.gamma == pytest.approx(0.9, abs=0.02)
+    assert m.t0 == pytest.approx(25e-6, rel=0.15)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -305,10 +308,11 @@ def test_network_layers_and_cli_table(cache_env, capsys):
 def test_quick_calibration_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSECNN_CACHE_DIR", str(tmp_path))
     m = PerfModel.load_or_calibrate(recalibrate=True, quick=True)
-    for v in (m.a, m.b, m.machine.F, m.machine.B_dram, m.machine.B_llc, m.machine.B_copy):
+    for v in (m.a, m.a_lanes, m.b, m.machine.F, m.machine.B_dram, m.machine.B_llc, m.machine.B_copy):
         assert math.isfinite(v) and v > 0
     assert m.t0 >= 0 and cal.cache_path().exists()
     p = m.predict(CONV5, 0.1, 1)
     assert math.isfinite(p.speedup) and p.speedup > 0
     again = PerfModel.load_or_calibrate(quick=True)  # from the cache, no recalibration
-    assert (again.a, again.b, again.t0, again.machine) == (m.a, m.b, m.t0, m.machine)
+    assert (again.tau_fma, again.tau_lanes, again.b, again.t0, again.machine) == (
+        m.tau_fma, m.tau_lanes, m.b, m.t0, m.machine)

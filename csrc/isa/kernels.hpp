@@ -21,6 +21,7 @@ struct ConvTile {
   int nb;                // images in this tile (1..4)
   int nv;                // vectors of positions per image (1..16)
   bool overread_ok;      // the input has slack: a partial last vector may be loaded whole
+  const float* in_end;   // else: one past the input tensor; a whole-vector load below it is safe
   int64_t p0, count;     // widened positions p0 .. p0+count-1 (count <= nv * width)
   // epilogue
   float* out;            // output tensor base (N, O, OH, OW)

@@ -12,8 +12,10 @@
 // stride 1 by the phase split in the driver.
 #pragma once
 
-// TAIL: the last vector is partial and must not read past the input (masked loads); without
-// it the last vector is a plain load whose extra lanes are discarded by the epilogue.
+// TAIL: the last vector is partial and might read past the input (the in-place 1x1 path): it
+// is loaded whole when that stays inside the tensor (nearly always; its extra lanes are
+// discarded by the epilogue), masked only at the tensor's end -- a masked load that spans two
+// cache lines costs ~4x a plain one. Without TAIL the input has slack: always a plain load.
 template <class V, int NB, int NV, class Idx, bool TAIL>
 void conv_rows(const ConvTile& t) {
   using T = typename V::T;
@@ -23,6 +25,7 @@ void conv_rows(const ConvTile& t) {
   const int32_t* __restrict table = t.table;
   const float* in = t.in;
   const int64_t istride = t.img_stride;
+  const float* const end = t.in_end;
   const int tail = static_cast<int>(t.count - static_cast<int64_t>(NV - 1) * W);  // 1..W
   const auto tmask = V::tail_mask(tail);
   alignas(64) float buf[NB][NV * W];
@@ -44,9 +47,10 @@ void conv_rows(const ConvTile& t) {
         const float* pb = p + b * istride;
 #pragma GCC unroll 16
         for (int v = 0; v < NV - 1; ++v) acc[b][v] = V::fma(w, V::loadu(pb + v * W), acc[b][v]);
-        if (TAIL)
-          acc[b][NV - 1] = V::fma(w, V::load_tail(pb + (NV - 1) * W, tmask), acc[b][NV - 1]);
-        else
+        if (TAIL) {
+          const float* q = pb + (NV - 1) * W;
+          acc[b][NV - 1] = V::fma(w, q + W <= end ? V::loadu(q) : V::load_tail(q, tmask), acc[b][NV - 1]);
+        } else
           acc[b][NV - 1] = V::fma(w, V::loadu(pb + (NV - 1) * W), acc[b][NV - 1]);
       }
     }

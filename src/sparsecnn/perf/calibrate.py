@@ -5,8 +5,9 @@ Steps (about 25-45 s, ``quick=True`` about 10 s):
 1. ``F``: SGEMM FLOP/s (``torch.mm``), ``B_dram``/``B_llc``: STREAM triad on arrays
    far bigger than L3 / fitting L3, ``B_copy``: STREAM copy (DRAM).
 2. Time ``sparsecnn.sparse_conv2d`` and ``F.conv2d`` interleaved (:func:`time_interleaved`)
-   on synthetic layers shaped like the targets, 2 densities, batch 1 and 4-16, and fit
-   ``a``, ``a_batch``, ``t0``, ``B_copy``, ``B_copy_llc`` of
+   on synthetic layers shaped like the targets, 2 densities, batch 1 to 16 (both kernels),
+   and fit ``tau_fma``, ``tau_lanes``, ``tau_visit``, ``tau_epi``, ``t0``, ``B_copy`` and
+   ``B_copy_llc`` of
    :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Nelder-Mead, no scipy needed);
    ``b`` is fixed at 1.5.
 3. Fit the fallback dense roof ``F_conv = F_conv_max * C / (C + C_half)`` on the dense times.
@@ -201,20 +202,23 @@ def _spec(name: str, cin: int, cout: int, k: int, hw: int, pad: int, stride: int
 
 
 #: (spec, densities, batches) timed during calibration: shapes like the layers the model is
-#: used on (13x13 and 7x7 maps with few vectors per row, a grouped 5x5, a strided 3x3, 1x1
-#: direct layers, a large 56x56 map) and a tiny layer that is all fixed cost.
+#: used on -- 13x13 and 7x7 maps (few vectors per row), a grouped 5x5 at 27x27, 56x56 and 28x28
+#: maps, a strided 3x3, 1x1 layers read in place -- at batch 1 (per-image kernel, channel
+#: ranges shared by the threads), 4 (per-image kernel, a thread per image) and 16 (the
+#: batch-lanes kernel), and a tiny layer that is all fixed cost.
 CALIB_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
-    (_spec("c3x3_13", 192, 192, 3, 13, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c3x3_13", 192, 192, 3, 13, 1), (0.03, 0.15, 0.5), (1, 16)),
     (_spec("c5x5_27g2", 96, 256, 5, 27, 2, groups=2), (0.05, 0.3), (1, 16)),
-    (_spec("c3x3_56", 64, 64, 3, 56, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c3x3_56", 64, 64, 3, 56, 1), (0.05, 0.3), (1, 16)),
+    (_spec("c3x3_28", 128, 128, 3, 28, 1), (0.1, 0.5), (4,)),
     (_spec("c3x3s2_56", 128, 128, 3, 56, 1, stride=2), (0.05, 0.3), (1, 4)),
-    (_spec("c3x3_7", 512, 512, 3, 7, 1), (0.05, 0.3), (1, 8)),
+    (_spec("c3x3_7", 512, 512, 3, 7, 1), (0.05, 0.5), (1, 16)),
     (_spec("c1x1_28", 512, 128, 1, 28, 0), (0.05, 0.3), (1, 8)),
-    (_spec("c1x1_14", 256, 512, 1, 14, 0), (0.05, 0.3), (1, 8)),
+    (_spec("c1x1_14", 256, 512, 1, 14, 0), (0.05, 0.5), (1, 8)),
     (_spec("tiny", 16, 16, 3, 8, 1), (0.2,), (1,)),
 ]
 QUICK_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
-    (_spec("c3x3_14", 128, 128, 3, 14, 1), (0.05, 0.4), (1, 4)),
+    (_spec("c3x3_14", 128, 128, 3, 14, 1), (0.05, 0.4), (1, 16)),
     (_spec("c1x1_7", 512, 256, 1, 7, 0), (0.03, 0.3), (1,)),
     (_spec("tiny", 16, 16, 3, 8, 1), (0.2,), (1,)),
 ]
@@ -224,46 +228,44 @@ TIME_QUANTILE = 0.1
 
 #: fitted constants: (attribute, initial value); all positive, fitted in log space
 FIT_PARAMS: tuple[tuple[str, float], ...] = (
-    ("a", 3.0), ("a_batch", 3.0), ("t0", 3e-5), ("inv_B_copy", 1 / 10e9), ("inv_B_copy_llc", 1 / 30e9))
-#: scalar work per (nonzero, tile) visit and per output vector (epilogue), in vector-FMA
-#: slots of one thread: broadcast + column + table load; store + unwiden (fixed, not fitted)
-NZ_SLOTS, OUT_SLOTS = 1.0, 2.0
+    ("tau_fma", 0.4e-9), ("tau_lanes", 0.4e-9), ("tau_visit", 2e-9), ("tau_epi", 20e-9), ("gamma", 0.9),
+    ("t0", 2e-5), ("inv_B_copy", 1 / 20e9), ("inv_B_copy_llc", 1 / 60e9))
 
 
 def _set_params(model: PerfModel, p: Sequence[float]) -> None:
     for (name, _), v in zip(FIT_PARAMS, p):
         if name.startswith("inv_"):
             setattr(model.machine, name[4:], 1.0 / v)
+        elif name == "gamma":
+            model.gamma = float(min(1.5, max(0.3, v)))
         else:
             setattr(model, name, float(v))
-    slot = model.a * 2 * model.machine.simd[0] * max(1, model.machine.threads) / model.machine.F
-    model.c_nz, model.c_out = NZ_SLOTS * slot, OUT_SLOTS * slot
 
 
-def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> tuple[float, float, float, float]:
-    """Fit ``a``, ``a_batch``, ``t0`` and ``B_copy`` on ``samples`` (dicts with spec,
-    density, batch, t) in place; ``b`` stays fixed (1.5), ``c_nz``/``c_out`` follow ``a``
-    (:data:`NZ_SLOTS`, :data:`OUT_SLOTS` vector-FMA slots).
+def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
+    """Fit the kernel constants (:data:`FIT_PARAMS`) on ``samples`` (dicts with spec, density,
+    batch, t) in place; ``b`` stays fixed (1.5). Returns the rms log error.
 
     Minimises a robust (soft-L1) loss of the log time ratio with Nelder-Mead, so that a
-    few samples slowed by other processes do not drag the fit. Returns
-    ``(a, b, t0, rms_log_error)``.
+    few samples slowed by other processes do not drag the fit. A constant the samples do not
+    exercise (no batch-lanes sample: ``tau_lanes``) is tied to its neighbour.
     """
     specs = [(LayerSpec.from_dict(s["spec"]), s["density"], s["batch"], s["t"]) for s in samples]
-    has_batch = any(spec.kernel_plan(bsz, *model.machine.simd)["nb"] > 1 for spec, _, bsz, _ in specs)
+    threads = model.machine.threads
+    has_lanes = any(spec.kernel_work(bsz, threads)["lanes_images"] > 0 for spec, _, bsz, _ in specs)
 
     def errors(lp: np.ndarray) -> list[float]:
         _set_params(model, np.exp(lp))
-        if not has_batch:
-            model.a_batch = model.a
+        if not has_lanes:
+            model.tau_lanes = None
         out = []
         for spec, x, bsz, tt in specs:
             tf, tc, tb = model.terms(spec, x, bsz)
             out.append(math.log((tf + max(tc, tb)) / tt))
         return out
 
-    # weak priors from the STREAM probes keep the copy bandwidths sane when the samples do
-    # not identify them (a factor of 4 off the probe costs as much as one 10 % misfit)
+    # weak priors from the STREAM probes keep the memory rates sane when the samples do not
+    # identify them (a factor of 4 off the probe costs as much as one 10 % misfit)
     mach = model.machine
     prior = {"inv_B_copy": 1.0 / mach.B_copy, "inv_B_copy_llc": 1.0 / max(mach.B_llc, mach.B_copy)}
     lp_prior = np.array([math.log(prior.get(n, v)) for n, v in FIT_PARAMS])
@@ -274,11 +276,10 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> tuple[float, 
         return fit + 0.4 * float(np.sum(((lp - lp_prior)[has_prior] / math.log(4.0)) ** 2))
 
     lp0 = np.where(has_prior, lp_prior, np.log([v for _, v in FIT_PARAMS]))
-    best = nelder_mead(loss, lp0, step=1.0, iters=1500)
-    best = nelder_mead(loss, best, step=0.2, iters=1500)  # restart: NM may stall
+    best = nelder_mead(loss, lp0, step=1.0, iters=2000)
+    best = nelder_mead(loss, best, step=0.2, iters=2000)  # restart: NM may stall
     errs = errors(best)
-    rms = math.sqrt(sum(e * e for e in errs) / max(1, len(errs)))
-    return model.a, model.b, model.t0, rms
+    return math.sqrt(sum(e * e for e in errs) / max(1, len(errs)))
 
 
 def fit_dense(samples: list[tuple[int, float]], F: float) -> tuple[float, float]:
@@ -388,15 +389,16 @@ def calibrate(threads: int | None = None, quick: bool = False,
             for w, t in zip(ws, tss):
                 xr = float((w != 0).float().mean())
                 samples.append({"spec": spec.to_dict(), "density": xr, "batch": bsz, "t": t})
-    a, b, t0, rms = fit_kernel(model, samples)
+    rms = fit_kernel(model, samples)
     machine.F_conv_max, machine.C_half = fit_dense(dense_samples, F)
     model.fit_info = {"samples": samples, "rms_log_error": rms, "quick": quick,
                       "waited_for_quiet_s": round(quiet.waited, 2), "busy_rounds": quiet.busy_rounds,
                       "seconds": round(time.perf_counter() - t_start, 2)}
-    log.info("fit: a=%.3f a_batch=%.3f b=%.2f (fixed) t0=%.1f us c_nz=%.2f ns c_out=%.2f ns "
-             "B_copy=%.1f GB/s B_copy_llc=%.1f GB/s (rms log err %.3f) "
-             "F_conv_max=%.1f GFLOP/s C_half=%.3g in %.1f s",
-             a, model.a_batch or a, b, t0 * 1e6, model.c_nz * 1e9, model.c_out * 1e9,
-             machine.B_copy / 1e9, machine.B_copy_llc / 1e9, rms, machine.F_conv_max / 1e9, machine.C_half,
-             model.fit_info["seconds"])
+    log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_visit=%.2f ns tau_epi=%.1f ns "
+             "gamma=%.3f t0=%.1f us B_copy=%.1f/%.1f GB/s b=%.2f (fixed), rms log err %.3f; "
+             "F_conv_max=%.1f GFLOP/s C_half=%.3g; %.1f s",
+             model.tau_fma * 1e9, model.a, (model.tau_lanes or model.tau_fma) * 1e9, model.a_lanes,
+             model.tau_visit * 1e9, model.tau_epi * 1e9, model.gamma, model.t0 * 1e6, machine.B_copy / 1e9,
+             machine.B_copy_llc / 1e9, model.b, rms,
+             machine.F_conv_max / 1e9, machine.C_half, model.fit_info["seconds"])
     return model

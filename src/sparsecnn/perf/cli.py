@@ -162,7 +162,7 @@ def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
     m = model.machine
     head = (f"# {m.cpu}, {m.isa}, {m.threads} threads: F={m.F / 1e9:.0f} GFLOP/s, "
             f"B_dram={m.B_dram / 1e9:.1f} GB/s, B_llc={m.B_llc / 1e9:.1f} GB/s; "
-            f"a={model.a:.2f} a_batch={model.a_batch or model.a:.2f} b={model.b:.2f} "
+            f"a={model.a:.2f} a_lanes={model.a_lanes:.2f} b={model.b:.2f} "
             f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; batch {batch}")
     cols = ("layer", "shape", "GFLOP", "S_A MB", "S_W MB", "density", "dense ms", "sparse ms",
             "speedup", "useful x (sat..b-e)", "bound")
@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     save(model, model.machine.threads)  # keeps newly measured dense timings
 
     out: dict[str, Any] = {"network": args.network, "batch": batch, "model": {
-        "a": model.a, "a_batch": model.a_batch, "b": model.b, "t0": model.t0, "F": model.machine.F,
+        "a": model.a, "a_lanes": model.a_lanes, "tau_fma": model.tau_fma, "tau_lanes": model.tau_lanes,
+        "tau_visit": model.tau_visit, "tau_epi": model.tau_epi, "b": model.b, "t0": model.t0, "F": model.machine.F,
         "B_dram": model.machine.B_dram, "B_llc": model.machine.B_llc}, "layers": rows}
 
     if args.plot:

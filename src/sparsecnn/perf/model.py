@@ -6,28 +6,34 @@ The paper's model::
     t_sparse = max(a * x * C / F,  (S_A + b * x * S_W) / B)
 
 with ``C`` the dense FLOPs, ``x`` the weight density, ``S_A``/``S_W`` activation and
-dense weight bytes, ``F`` SGEMM FLOP/s and ``B`` memory bandwidth. This module keeps
-that shape but refines each term for this library's kernel (csrc/conv.cpp) and machine::
+dense weight bytes, ``F`` SGEMM FLOP/s and ``B`` memory bandwidth. This module keeps that
+shape, but counts the work the way this library's kernels do it: the compiled core reports
+its own plan for a layer (``_core.conv2d_plan``: which kernel, how many vector FMAs and tile
+visits per nonzero, how many bytes it lays out, how many epilogues), and the model prices it::
 
-    t_dense   = C / F_conv(layer, batch)        measured oneDNN conv time of the layer
-                                                (or fitted F_conv = Fc * C / (C + C_half))
+    t_dense   = measured oneDNN conv time of the layer at this batch (cached), or the fitted
+                roof C / F_conv with F_conv = F_conv_max * C / (C + C_half)
     t_sparse  = t_fixed + max(t_compute, t_bw)
-    t_fixed   = t0                              per call: dispatch, validation, table, pool
-              + copy_bytes / B_copy             phased input + (dqmax+1) aligned replicas
-                                                (a read-only scan for direct 1x1 layers);
-                                                B_copy_llc when it fits in L3
-              + c_out * N * OC * vectors / th   epilogue (bias/ReLU/unwiden store)
-    t_compute = a_nb * x * C * w / F            vector FMAs over the widened positions:
-                                                w = ceil16(OH * wrow) / (OH * OW); a_nb = a
-                                                for 1-image tiles, a_batch for nb > 1
-              + c_nz * x * K * chunks * blocks / th     scalar work per (nonzero, tile)
-    t_bw      = S_A / B_act + b * x * S_W / B_w         b = 1.5 (4-byte value + 2-byte index)
+    t_fixed   = t0                                  per call: dispatch, validation, threads
+              + (layout + read + output bytes) / B_mem   the memory streams: the input laid
+                                                    out for the kernel and the fresh output;
+                                                    B_mem = B_copy_llc when they fit in L3,
+                                                    else B_copy
+              + epilogues * tau_epi / threads       stores: bias/ReLU/residual, transposes
+    t_compute = (x / 0.1)^gamma * 0.1 * nnz_dense * (fmas * tau_fma + lanes_fmas * tau_lanes
+                                                     + visits * tau_visit) / threads
+    t_bw      = S_A / B_act + b * x * S_W / B_w     b = 1.5 (4-byte value + 2-byte index)
 
-``a * 2 * 16 / F`` is the time of one 16-float vector FMA (per thread, ``F`` counts all
-threads), so ``a`` is how far the kernel's FMA rate is below SGEMM. ``a``, ``a_batch``,
-``t0``, ``B_copy`` and ``B_copy_llc`` are fitted (``c_nz``, ``c_out`` are tied to ``a``) by :mod:`sparsecnn.perf.calibrate`;
-``b`` is fixed. Both sparse terms are linear in ``x`` and ``t_compute(0) = 0``, so the
-useful density range has a closed form (:meth:`PerfModel.useful_range`).
+``tau_fma`` is the time of one vector FMA (with its load, mostly from L2) on one thread in
+the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel. The cost of a
+nonzero falls slowly as the density grows (longer rows: more of a tile's input is reused from
+L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a little below 1
+(the paper's model is linear, ``gamma = 1``). The paper's overhead is
+``a = tau_fma * F / (2 * W * threads)`` (vector width ``W``): how far below SGEMM each useful
+FLOP runs. The eight constants ``tau_fma, tau_lanes, tau_visit, tau_epi, gamma, t0, B_copy,
+B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse terms
+increase with ``x``, so the useful density range (:meth:`PerfModel.useful_range`) is found by
+bisection.
 
 Example:
     >>> from sparsecnn.perf import LayerSpec, PerfModel
@@ -55,7 +61,7 @@ log = logging.getLogger(__name__)
 ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 12), "portable": (8, 8)}
 
 #: bump when the JSON layout or the meaning of a fitted constant changes
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: storage overhead of the sparse weights: 4-byte value + 2-byte column index per nonzero
 B_STORAGE = 1.5
@@ -73,8 +79,9 @@ class Machine:
     F: float
     B_dram: float
     B_llc: float = 0.0
+    #: rate of the kernel's memory streams (input layout read + written, output written; bytes
+    #: per second, all threads) beyond L3, and within L3; fitted
     B_copy: float = 0.0
-    #: copy bandwidth when the phased input fits in L3 (defaults to ``B_copy``)
     B_copy_llc: float = 0.0
     l2_bytes: int = 1 << 20
     l3_bytes: int = 32 << 20
@@ -130,17 +137,19 @@ class PerfModel:
     """
 
     machine: Machine
-    #: vector-FMA time relative to SGEMM for 1-image tiles (batch 1)
-    a: float = 3.0
+    #: seconds per vector FMA (and its load) on one thread, per-image kernel
+    tau_fma: float = 1e-9
+    #: the same for the batch-lanes kernel (None: ``tau_fma``)
+    tau_lanes: float | None = None
+    #: seconds per (nonzero, tile) visit on one thread: column, table, broadcast, address
+    tau_visit: float = 0.0
+    #: seconds per epilogue (output channel x tile) on one thread
+    tau_epi: float = 0.0
+    #: exponent of the density in the compute term (1: the paper's linear model)
+    gamma: float = 1.0
+    t0: float = 0.0
     #: storage overhead (bytes per nonzero / 4); fixed, not fitted
     b: float = B_STORAGE
-    t0: float = 0.0
-    #: vector-FMA time relative to SGEMM for tiles of nb > 1 images (None: same as ``a``)
-    a_batch: float | None = None
-    #: seconds per (nonzero, position tile) visit on one thread: index/broadcast overhead
-    c_nz: float = 0.0
-    #: seconds per output vector on one thread: epilogue (bias/ReLU/unwiden store)
-    c_out: float = 0.0
     #: dense layer timings, ``"<shape_key>|b<batch>" -> seconds``
     dense: dict[str, float] = field(default_factory=dict)
     #: calibration diagnostics (points, residuals); informative only
@@ -148,23 +157,46 @@ class PerfModel:
     measure_dense: bool = True
     schema: int = SCHEMA_VERSION
 
+    # ------------------------------------------------------------------ derived
+    def _fma_slot(self) -> float:
+        """Seconds one thread would spend on a vector FMA at the SGEMM rate."""
+        simd = self.machine.simd[0]
+        return 2.0 * simd * max(1, self.machine.threads) / self.machine.F
+
+    @property
+    def a(self) -> float:
+        """The paper's compute overhead of the per-image kernel: vector-FMA time / SGEMM's."""
+        return self.tau_fma / self._fma_slot()
+
+    @property
+    def a_lanes(self) -> float:
+        """Compute overhead of the batch-lanes kernel (see :attr:`a`)."""
+        return (self.tau_lanes if self.tau_lanes is not None else self.tau_fma) / self._fma_slot()
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def synthetic(cls, F: float, B: float, a: float = 3.0, b: float = B_STORAGE, t0: float = 0.0,
                   B_llc: float | None = None, B_copy: float | None = None,
-                  F_conv: float | None = None, threads: int = 1, c_nz: float = 0.0,
-                  c_out: float = 0.0, isa: str = "avx512",
-                  a_batch: float | None = None) -> "PerfModel":
+                  F_conv: float | None = None, threads: int = 1, visit_slots: float = 0.0,
+                  epi_slots: float = 0.0, isa: str = "avx512", a_lanes: float | None = None) -> "PerfModel":
         """A model with given constants, no probing; dense conv runs at ``F_conv`` (default ``F``).
 
+        ``a`` (``a_lanes``) sets ``tau_fma`` (``tau_lanes``); ``visit_slots`` and ``epi_slots``
+        price a tile visit and an epilogue in vector-FMA slots.
+
         Example:
-            >>> PerfModel.synthetic(F=1e11, B=1e10).a
+            >>> round(PerfModel.synthetic(F=1e11, B=1e10).a, 6)
             3.0
         """
-        m = Machine(F=F, B_dram=B, B_llc=B_llc or B, B_copy=B_copy or B,
+        m = Machine(F=F, B_dram=B, B_llc=B_llc or B, B_copy=B_copy or B, B_copy_llc=B_copy or B,
                     F_conv_max=F_conv or F, C_half=0.0, threads=threads, isa=isa)
-        return cls(machine=m, a=a, b=b, t0=t0, c_nz=c_nz, c_out=c_out, a_batch=a_batch,
-                   measure_dense=False)
+        model = cls(machine=m, b=b, t0=t0, measure_dense=False)
+        slot = model._fma_slot()
+        model.tau_fma = a * slot
+        model.tau_lanes = None if a_lanes is None else a_lanes * slot
+        model.tau_visit = visit_slots * slot
+        model.tau_epi = epi_slots * slot
+        return model
 
     @classmethod
     def load_or_calibrate(cls, recalibrate: bool = False, threads: int | None = None,
@@ -184,8 +216,9 @@ class PerfModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
-        return {"schema": self.schema, "machine": asdict(self.machine), "a": self.a, "b": self.b,
-                "t0": self.t0, "a_batch": self.a_batch, "c_nz": self.c_nz, "c_out": self.c_out, "dense": dict(self.dense), "fit_info": self.fit_info,
+        return {"schema": self.schema, "machine": asdict(self.machine), "tau_fma": self.tau_fma,
+                "tau_lanes": self.tau_lanes, "tau_visit": self.tau_visit, "tau_epi": self.tau_epi,
+                "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense), "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
 
     @classmethod
@@ -193,16 +226,18 @@ class PerfModel:
         """Rebuild from :meth:`to_dict`; raises ``KeyError``/``ValueError`` on bad input."""
         if int(d.get("schema", -1)) != SCHEMA_VERSION:
             raise ValueError(f"schema {d.get('schema')} != {SCHEMA_VERSION}")
-        m = cls(machine=Machine(**d["machine"]), a=float(d["a"]), b=float(d["b"]),
-                t0=float(d["t0"]),
-                a_batch=None if d.get("a_batch") is None else float(d["a_batch"]), c_nz=float(d.get("c_nz", 0.0)), c_out=float(d.get("c_out", 0.0)),
+        m = cls(machine=Machine(**d["machine"]), tau_fma=float(d["tau_fma"]),
+                tau_lanes=None if d.get("tau_lanes") is None else float(d["tau_lanes"]),
+                tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
+                gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
-        for v in (m.a, m.b, m.t0, m.c_nz, m.c_out, m.machine.F, m.machine.B_dram, m.a_batch or 0.0):
+        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
+                  m.machine.B_copy, m.machine.B_copy_llc):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
-        if m.machine.F <= 0 or m.machine.B_dram <= 0:
-            raise ValueError("F and B must be positive")
+        if m.machine.F <= 0 or m.machine.B_dram <= 0 or m.tau_fma <= 0 or not 0.3 <= m.gamma <= 1.5:
+            raise ValueError("F, B and tau_fma must be positive and gamma in [0.3, 1.5]")
         return m
 
     # ------------------------------------------------------------------ terms
@@ -218,14 +253,6 @@ class PerfModel:
         if self.b * spec.weight_bytes() <= 0.75 * self.machine.l3_bytes:
             return self.machine.B_llc
         return self.machine.B_dram
-
-    def pad_time(self, spec: LayerSpec, batch: int) -> float:
-        """Time of the kernel's input pass: phased/padded copy, or a read-only finiteness scan."""
-        nbytes = spec.copy_bytes(batch, self.machine.simd[0])
-        if not nbytes:
-            return 0.0
-        in_cache = nbytes <= 0.75 * self.machine.l3_bytes
-        return nbytes / (self.machine.B_copy_llc if in_cache else self.machine.B_copy)
 
     def dense_key(self, spec: LayerSpec, batch: int) -> str:
         """Cache key for the dense timing of ``spec`` at ``batch``."""
@@ -250,35 +277,52 @@ class PerfModel:
         f_conv = self.machine.F_conv_max * c / (c + self.machine.C_half)
         return c / f_conv
 
-    def plan(self, spec: LayerSpec, batch: int) -> dict[str, int]:
-        """The kernel's tiling (mirrors csrc/conv.cpp): vectors, chunks and image blocks."""
-        return spec.kernel_plan(batch, *self.machine.simd)
+    def work(self, spec: LayerSpec, batch: int) -> dict[str, Any]:
+        """The kernel's own plan for this layer and batch (see :meth:`LayerSpec.kernel_work`)."""
+        return spec.kernel_work(batch, self.machine.threads)
+
+    def memory_time(self, spec: LayerSpec, batch: int) -> float:
+        """Time of the kernel's memory streams: the input read and the output written (at the L3
+        rate when both tensors fit in L3), and the layout written into its buffer (at the L3
+        rate when the buffers the threads fill at a time fit in L3: one block of images per
+        thread, or the whole batch)."""
+        mach = self.machine
+        w = self.work(spec, batch)
+        llc = 0.75 * mach.l3_bytes
+        tensors = w["read_bytes"] + spec.output_bytes(batch)
+        t = tensors / (mach.B_copy_llc if tensors <= llc else mach.B_copy)
+        buffers = w["layout_buffer_bytes"] * (max(1, mach.threads) if w["image_mode"] else 1)
+        return t + w["layout_bytes"] / (mach.B_copy_llc if buffers <= llc else mach.B_copy)
 
     def coefficients(self, spec: LayerSpec, batch: int) -> tuple[float, float, float, float, float]:
         """``(t_fixed, c0, kc, b0, kb)`` with ``t_compute = c0 + kc x`` and ``t_bw = b0 + kb x``.
 
-        * ``kc x = a_nb x C w / F + c_nz x K chunks blocks / threads`` (vector FMAs over the
-          widened positions, ``a_nb`` = ``a`` for 1-image tiles, ``a_batch`` when ``nb > 1``;
-          plus the scalar work per nonzero and tile), ``c0 = 0``,
-        * ``b0 = S_A / B_act``, ``kb = b S_W / B_w`` (L3 or DRAM roof, see :meth:`bandwidth`),
-        * ``t_fixed = t0 + copy_bytes / B_copy + c_out N OC vectors / threads``.
+        * ``kc = nnz_dense (fmas tau_fma + lanes_fmas tau_lanes + visits tau_visit) / threads``
+          from the kernel's plan (:meth:`work`), ``c0 = 0`` (with ``gamma != 1``,
+          ``t_compute = kc 0.1 (x / 0.1)^gamma``, see :meth:`compute_time`);
+        * ``b0 = S_A / B_act``, ``kb = b S_W / B_w`` (L3 or DRAM roof, see :meth:`bandwidth`);
+        * ``t_fixed = t0 + memory_time + epilogues tau_epi / threads`` (:meth:`memory_time`).
         """
-        simd, max_acc = self.machine.simd
-        pl = spec.kernel_plan(batch, simd, max_acc)
+        w = self.work(spec, batch)
         th = max(1, self.machine.threads)
-        a_nb = self.a if pl["nb"] <= 1 or self.a_batch is None else self.a_batch
-        kc = a_nb * spec.flops(batch) * spec.widening(simd, max_acc) / self.machine.F
-        kc += self.c_nz * spec.weight_numel * pl["chunks"] * pl["blocks"] / th
-        epi = self.c_out * batch * spec.out_channels * pl["vectors"] / th
+        tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
+        per_nz = w["vec_fmas"] * self.tau_fma + w["lanes_vec_fmas"] * tau_l + w["visits"] * self.tau_visit
+        kc = spec.weight_numel * per_nz / th
+        t_fixed = self.t0 + self.memory_time(spec, batch) + w["epilogues"] * self.tau_epi / th
         b0 = spec.act_bytes(batch) / self.bandwidth(spec, batch)
         kb = self.b * spec.weight_bytes() / self.weight_bandwidth(spec)
-        return self.t0 + self.pad_time(spec, batch) + epi, 0.0, kc, b0, kb
+        return t_fixed, 0.0, kc, b0, kb
+
+    def compute_time(self, kc: float, x: float) -> float:
+        """``t_compute`` at density ``x`` for the coefficient ``kc`` of :meth:`coefficients`:
+        ``kc * 0.1 * (x / 0.1)^gamma`` (``kc * x`` when ``gamma = 1``)."""
+        return kc * x if self.gamma == 1.0 else kc * 0.1 * (max(x, 0.0) / 0.1) ** self.gamma
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
         t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
         x = float(density)
-        return t_fixed, c0 + kc * x, b0 + kb * x
+        return t_fixed, c0 + self.compute_time(kc, x), b0 + kb * x
 
     # ------------------------------------------------------------------ public API
     def predict(self, spec: LayerSpec, density: float, batch: int = 1) -> Prediction:
@@ -299,38 +343,61 @@ class PerfModel:
                           bound="compute" if t_comp >= t_bw else "bandwidth",
                           t_compute=t_comp, t_bw=t_bw, t_fixed=t_fixed)
 
+    @staticmethod
+    def _bisect(f, lo: float, hi: float, iters: int = 100) -> float:
+        """Root of ``f`` in ``[lo, hi]`` given ``f(lo) < 0 <= f(hi)``."""
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            if f(mid) < 0:
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
     def breakeven_density(self, spec: LayerSpec, batch: int = 1) -> float | None:
         """Density where predicted speedup = 1 (paper's lower bound of sparsity), or None.
 
-        ``t_fixed + max(c0 + kc x, b0 + kb x) = t_dense`` holds at
-        ``x = min((T - c0)/kc, (T - b0)/kb)`` with ``T = t_dense - t_fixed``
-        (see :meth:`coefficients`); may exceed 1 (sparse faster even when dense).
+        The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense`` (increasing in ``x``;
+        with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense - t_fixed``).
+        May exceed 1 (sparse faster even when dense); None when even ``x -> 0`` is not faster.
         """
         t_dense = self.dense_time(spec, batch)
         t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
         budget = t_dense - t_fixed
         if budget <= max(c0, b0):  # even x -> 0 is not faster than dense
             return None
-        xc = (budget - c0) / kc if kc > 0 else math.inf
-        xb = (budget - b0) / kb if kb > 0 else math.inf
-        return min(xc, xb)
+
+        def excess(x: float) -> float:
+            return max(c0 + self.compute_time(kc, x), b0 + kb * x) - budget
+
+        hi = 1.0
+        while excess(hi) < 0 and hi < 1e6:
+            hi *= 2.0
+        return self._bisect(excess, 0.0, hi) if excess(hi) >= 0 else math.inf
 
     def saturation_density(self, spec: LayerSpec, batch: int = 1) -> float:
         """Density below which pruning buys little (upper bound of useful sparsity), in [0, 1].
 
         The paper's bound is where ``t_compute`` meets the bandwidth roof ``S_A / B``. Here
         the density-independent floor also holds the per-call fixed cost and the input
-        copy (memory bound, like ``S_A``), so the bound is where the FMA work equals the
-        floor: ``c0 + kc x = t_fixed + b0 + kb x``, i.e.
-        ``x = (t_fixed + b0 - c0) / (kc - kb)``. Below it more than half the sparse time
-        does not shrink with density (at most another 2x to gain). 1.0 when the floor
-        dominates at every density.
+        layout (memory bound, like ``S_A``), so the bound is the (first) density where the FMA
+        work equals the floor: ``t_compute(x) = t_fixed + t_bw(x)`` (with ``gamma = 1``,
+        ``x = (t_fixed + b0 - c0) / (kc - kb)``). Below it more than half the sparse time does
+        not shrink with density (at most another 2x to gain). 1.0 when the floor dominates at
+        every density.
         """
         t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
-        floor = t_fixed + b0 - c0
-        if kc <= kb:
-            return 1.0
-        return min(1.0, max(0.0, floor / (kc - kb)))
+
+        def gap(x: float) -> float:
+            return c0 + self.compute_time(kc, x) - (t_fixed + b0 + kb * x)
+
+        if gap(0.0) >= 0:
+            return 0.0
+        grid = [0.0] + [10 ** (k / 8.0) for k in range(-32, 1)]  # 1e-4 .. 1, log-spaced
+        for lo, hi in zip(grid, grid[1:]):
+            if gap(hi) >= 0:
+                return self._bisect(gap, lo, hi)
+        return 1.0
 
     def useful_range(self, spec: LayerSpec, batch: int = 1) -> tuple[float, float] | None:
         """``(breakeven_density, saturation_density)``, or None when pruning never pays.

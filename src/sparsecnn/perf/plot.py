@@ -29,7 +29,8 @@ def plot_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int, path: 
     """Write a PNG with, per layer, effective GFLOP/s (top) and speedup (bottom) vs density.
 
     ``measured`` maps layer name -> ``[(density, t_dense, t_sparse), ...]`` drawn as markers.
-    Roofs drawn: compute roof ``F / (a w x)``, bandwidth roof ``C B / (S_A + b x S_W)``,
+    Roofs drawn: compute roof ``C / t_compute`` (the kernel's FMAs at overhead ``a``),
+    bandwidth roof ``C B / (S_A + b x S_W)``,
     the per-call floor ``C / t_fixed`` (fixed cost, input copy, epilogue),
     dense (oneDNN) level ``C / t_dense``, and SGEMM ``F``.
     """
@@ -52,10 +53,10 @@ def plot_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int, path: 
         sp = np.array([p.speedup for p in preds])
         ax, ax2 = axes[0][j], axes[1][j]
         ax.loglog(xs, eff, "k-", lw=2, label="model (sparse, effective)")
-        nb = spec.kernel_plan(batch, *mach.simd)["nb"]
-        a_nb = model.a_batch if (nb > 1 and model.a_batch is not None) else model.a
+        lanes = model.work(spec, batch)["lanes_images"] > 0
+        a_k = model.a_lanes if lanes else model.a
         floor = np.array([c / max(p.t_fixed, 1e-30) for p in preds]) / 1e9
-        ax.loglog(xs, comp_roof, "C0--", label=f"compute roof (a={a_nb:.2f}, nb={nb})")
+        ax.loglog(xs, comp_roof, "C0--", label=f"compute roof (a={a_k:.2f}, {'batch lanes' if lanes else 'per image'})")
         ax.loglog(xs, floor, "C8-.", lw=1, label="fixed cost + copy floor")
         ax.loglog(xs, bw_roof, "C1:", lw=2, label=f"bandwidth roof (b={model.b:.2f})")
         ax.axhline(c / t_dense / 1e9, color="C2", ls="-.", label="dense conv (oneDNN)")

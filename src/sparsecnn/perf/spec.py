@@ -18,11 +18,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["LayerSpec", "FLOAT_BYTES", "SIMD_FLOATS"]
+__all__ = ["LayerSpec", "FLOAT_BYTES"]
 
 FLOAT_BYTES = 4
-#: floats per vector the sparse kernel widens its output rows to (one zmm register).
-SIMD_FLOATS = 16
+#: kernel plans per (shape, batch, threads), filled by LayerSpec.kernel_work
+_WORK_CACHE: dict[tuple[str, int, int, str], dict[str, Any]] = {}
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -174,127 +174,48 @@ class LayerSpec:
         """``S_W``: dense float32 weight bytes."""
         return FLOAT_BYTES * self.weight_numel
 
-    def shifts(self) -> tuple[int, int]:
-        """``(drmax, dqmax)``: largest row / column shift of a tap in the phased input,
-        ``((KH-1)*dil_h)//stride_h`` and ``((KW-1)*dil_w)//stride_w`` (csrc/conv.cpp)."""
-        if self.kind == "linear":
-            return 0, 0
-        return ((self.kernel[0] - 1) * self.dilation[0] // self.stride[0],
-                (self.kernel[1] - 1) * self.dilation[1] // self.stride[1])
+    def kernel_work(self, batch: int, threads: int = 1) -> dict[str, Any]:
+        """The work the sparse kernel plans for this layer (the compiled core's own plan).
 
-    def is_direct(self) -> bool:
-        """True when the kernel reads the input in place (1x1-like: stride 1, no padding, no halo)."""
-        if self.kind == "linear":
-            return True
-        return self.stride == (1, 1) and self.padding == (0, 0) and self.shifts()[1] == 0
-
-    def _aligned(self, simd: int) -> bool:
-        """Whether the kernel rounds rows up to the vector width and replicates the input."""
-        if self.kind == "linear" or self.is_direct():
-            return False
-        dq = self.shifts()[1]
-        w = self.output_hw[1] + dq
-        wa = math.ceil(w / simd) * simd
-        return wa * 4 <= w * 5 and dq + 1 <= 5
-
-    def row_width(self, simd: int = SIMD_FLOATS) -> int:
-        """Width ``wrow`` of a row of the kernel's phased input (csrc/conv.cpp, "phased layout").
-
-        ``OW + dqmax``, rounded up to a multiple of ``simd`` when that widens rows by at most
-        25 % and ``dqmax + 1 <= 5`` ("aligned loads"); ``W`` for a direct layer.
+        Convolutions ask ``sparsecnn._core.conv2d_plan`` (the planner ``sparse_conv2d`` runs,
+        for the active ISA and ``threads``): ``vec_fmas`` / ``lanes_vec_fmas`` (vector FMAs per
+        nonzero weight in the per-image / batch-lanes kernel, whole batch), ``visits`` (tile
+        visits per nonzero), ``epilogues`` (output channel x tile stores), ``layout_bytes`` /
+        ``read_bytes`` (the input pass), ``layout_buffer_bytes`` (one buffer: a block of images
+        per thread in image mode, else the batch), ``footprint`` and which kernel runs how many
+        images.
+        A linear layer vectorises over the batch (tiles of 4 vectors), transposing the input
+        unless the batch is 1.
 
         Example:
-            >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).row_width()
-            16
+            >>> w = LayerSpec("c", "conv", 256, 384, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_work(1)
+            >>> (w["pixel_images"], w["vec_fmas"], w["visits"])
+            (1, 13, 1)
         """
+        from sparsecnn import _core
+
+        key = (self.shape_key(), int(batch), int(threads), _core.active_isa())
+        hit = _WORK_CACHE.get(key)
+        if hit is not None:
+            return hit
         if self.kind == "linear":
-            return 1
-        if self.is_direct():
-            return self.input_hw[1]
-        w = self.output_hw[1] + self.shifts()[1]
-        return math.ceil(w / simd) * simd if self._aligned(simd) else w
-
-    def replicas(self, simd: int = SIMD_FLOATS) -> int:
-        """Copies of the phased input the kernel writes: ``dqmax + 1`` when aligned, else 1
-        (0 for a direct layer, which is read in place)."""
-        if self.kind == "linear" or self.is_direct():
-            return 0
-        return self.shifts()[1] + 1 if self._aligned(simd) else 1
-
-    def phased_rows(self) -> int:
-        """``hrows = OH + drmax + (1 if dqmax > 0 else 0)`` rows per phase plane."""
-        dr, dq = self.shifts()
-        return self.output_hw[0] + dr + (1 if dq > 0 else 0)
-
-    def phases(self) -> int:
-        """Number of stride phases some tap uses (``nphy * nphx``)."""
-        phy = len({(r * self.dilation[0]) % self.stride[0] for r in range(self.kernel[0])})
-        phx = len({(s * self.dilation[1]) % self.stride[1] for s in range(self.kernel[1])})
-        return phy * phx
-
-    def copy_bytes(self, batch: int = 1, simd: int = SIMD_FLOATS) -> int:
-        """Bytes of the kernel's pass over the input before computing.
-
-        Padded/strided layers are copied into a zero-padded, stride-phased buffer: read the
-        input once, write ``replicas * phases * hrows * wrow`` floats per (image, channel)
-        (:meth:`replicas`: one shifted copy per column shift when loads are aligned). Direct
-        layers are only scanned for non-finite values (read the input). 0 for linear layers.
-        """
-        if self.kind == "linear":
-            return 0
-        if self.is_direct():
-            return self.input_bytes(batch)
-        plane = self.phases() * self.phased_rows() * self.row_width(simd)
-        return self.input_bytes(batch) + FLOAT_BYTES * batch * self.in_channels * plane * self.replicas(simd)
-
-    def kernel_positions(self, simd: int = SIMD_FLOATS) -> int:
-        """Output positions the sparse kernel really computes per image and output channel.
-
-        Each output row is swept over the whole widened row ``wrow`` (:meth:`row_width`;
-        columns ``>= OW`` are computed and dropped), and the plane of ``OH * wrow`` positions
-        is done in ``simd``-float vectors: ``ceil_simd(OH * wrow)``. For a linear layer this is 1.
-
-        Example:
-            >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_positions()
-            208
-        """
-        if self.kind == "linear":
-            return 1
-        return math.ceil(self.output_hw[0] * self.row_width(simd) / simd) * simd
-
-    def widening(self, simd: int = SIMD_FLOATS, max_acc: int = 28) -> float:
-        """Ratio of computed to useful output positions (>= 1), see :meth:`kernel_positions`."""
-        if self.kind == "linear":
-            return 1.0
-        oh, ow = self.output_hw
-        return self.kernel_positions(simd) / float(oh * ow)
-
-    def kernel_plan(self, batch: int, simd: int = SIMD_FLOATS, max_acc: int = 28) -> dict[str, int]:
-        """Tiling of the conv kernel (mirrors csrc/conv.cpp, "plan the tiles").
-
-        ``vectors`` per image plane, balanced position ``chunks`` of at most
-        ``min(16, max_acc)`` vectors, ``nb`` images register-blocked per tile (largest of
-        4, 3, 2, 1 with ``nb <= batch`` and ``nb * chunk <= max_acc``) and
-        ``blocks = ceil(batch / nb)``. Every nonzero is visited once per (chunk, block) and
-        does ``nb * nv`` vector FMAs there. A linear layer vectorises over the batch.
-
-        Example:
-            >>> LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_plan(16)
-            {'vectors': 13, 'chunks': 1, 'nb': 2, 'blocks': 8}
-        """
-        if self.kind == "linear":
+            simd = int(_core.conv2d_plan(1, 1, 1, 1, 1, 1, 1, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1], 1)["vector_width"])
             nvec = math.ceil(batch / simd)
-            return {"vectors": nvec, "chunks": math.ceil(nvec / 8), "nb": 1, "blocks": 1}
-        nvec = self.kernel_positions(simd) // simd
-        nv_max = min(16, max_acc)
-        chunks = math.ceil(nvec / nv_max)
-        chunk_big = math.ceil(nvec / chunks)
-        nb = 1
-        for cand in (4, 3, 2, 1):
-            if cand <= batch and cand * chunk_big <= max_acc:
-                nb = cand
-                break
-        return {"vectors": nvec, "chunks": chunks, "nb": nb, "blocks": math.ceil(batch / nb)}
+            chunks = math.ceil(batch / (4 * simd))
+            moved = 0 if batch == 1 else FLOAT_BYTES * batch * self.in_channels
+            w = {"vector_width": simd, "lanes_images": 0, "pixel_images": batch, "vec_fmas": nvec,
+                 "lanes_vec_fmas": 0, "visits": chunks, "epilogues": self.out_channels * chunks,
+                 "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(FLOAT_BYTES * batch * self.in_channels),
+                 "image_mode": False}
+        else:
+            cg = self.in_channels // self.groups
+            w = dict(_core.conv2d_plan(
+                int(batch), self.in_channels, self.input_hw[0], self.input_hw[1], self.out_channels, cg,
+                self.kernel[0], self.kernel[1], self.groups, list(self.stride),
+                [self.padding[0], self.padding[0], self.padding[1], self.padding[1]], list(self.dilation),
+                int(threads)))
+        _WORK_CACHE[key] = w
+        return w
 
     def shape_key(self) -> str:
         """Name-independent key of the geometry (used to cache dense-conv timings)."""
