@@ -122,3 +122,35 @@ def test_cli_error_is_one_line(capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "no_such_set" in err and "Traceback" not in err
+
+
+def test_gsl_table_over_real_runs(tmp_path):
+    """`sparsecnn bench gsl`: two tiny fmnist_vgg runs of the trainer, measured end to end."""
+    from sparsecnn.bench.gsl import format_gsl_table, run_gsl_table
+    from sparsecnn.models import get_model
+    from sparsecnn.prune import AnalyticRoofline
+    from sparsecnn.prune.toy import synthetic_datasets
+    from sparsecnn.prune.trainer import TrainConfig, train
+
+    for method in ("gesl", "dense"):
+        cfg = TrainConfig(model="fmnist_vgg", dataset="synthetic", method=method, epochs=1, batch_size=32,
+                          lam=0.05, warmup_epochs=0, perf="analytic", out=str(tmp_path / method), seed=1,
+                          progress=False)
+        train(cfg, model_factory=lambda c: get_model(c.model),
+              data_factory=lambda c: synthetic_datasets(n_train=96, n_test=32, seed=2),
+              perf_factory=lambda c: AnalyticRoofline())
+    (tmp_path / "not_a_run").mkdir()
+    res = run_gsl_table(tmp_path, batches=(1, 2), repeats=1, threads=1, policy="all")
+    assert [r["name"] for r in res["runs"]] == ["dense", "gesl"]  # table order, non-runs skipped
+    assert res["dense_acc"] == res["runs"][0]["test_acc"]
+    for r in res["runs"]:
+        assert [L["name"] for L in r["layers"]][:2] == ["features.conv1", "features.conv2"]
+        for b in ("1", "2"):
+            sp = r["speed"][b]
+            assert sp["speedup"] == pytest.approx(sp["dense_ms"] / sp["sparse_ms"])
+            assert sp["speedup_vs_folded"] == pytest.approx(sp["folded_ms"] / sp["sparse_ms"])
+    text = format_gsl_table(res)
+    assert "| gesl | gesl |" in text and "speedup b2" in text
+    json.dumps(res)
+    with pytest.raises(FileNotFoundError):
+        run_gsl_table(tmp_path / "missing")

@@ -9,7 +9,7 @@ Subcommands (each also takes ``--json``):
 - ``sparsecnn model NETWORK``: the roofline performance model per layer (``--plot``,
   ``--validate``).
 - ``sparsecnn prune``: (guided) pruning during training, also under torchrun.
-- ``sparsecnn info``: kernel variant, threads, versions.
+- ``sparsecnn info``: kernel variant, threads (and whether they are torch's OpenMP threads), versions.
 
 Example:
     $ sparsecnn info --json
@@ -40,7 +40,7 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     import sparsecnn
-    from sparsecnn import ops
+    from sparsecnn import _core, ops
 
     info = {
         "version": sparsecnn.__version__,
@@ -48,6 +48,7 @@ def _info(args: argparse.Namespace) -> int:
         "isa": ops.active_isa(),
         "isa_supported": {n: ops.isa_supported(n) for n in ("avx512", "avx2", "portable")},
         "threads": torch.get_num_threads(),
+        "threading": _core.threading_backend(),
         "cuda": torch.cuda.is_available(),
     }
     if args.json:

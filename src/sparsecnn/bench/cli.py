@@ -7,6 +7,8 @@ Usage::
     sparsecnn bench layers --set sweep --densities 0.05 0.1 0.3 1.0
     sparsecnn bench layers --set caffenet --device cuda         # Triton kernel vs cuDNN/cuSPARSE
     sparsecnn bench model caffenet --batch 1 16 --json -
+    sparsecnn bench model fmnist_vgg --weights runs/gsl/gesl/model_pruned.pt
+    sparsecnn bench gsl runs/gsl --json benchmarks/results/gsl.json   # the GSL bar table
 
 Standalone (without the top-level CLI): ``python -m sparsecnn.bench.cli layers --quick``.
 
@@ -44,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _fill(p: argparse.ArgumentParser) -> None:
-    bsub = p.add_subparsers(dest="bench_command", metavar="{layers,model}")
+    bsub = p.add_subparsers(dest="bench_command", metavar="{layers,model,gsl}")
     bsub.required = True
     pl = bsub.add_parser("layers", help="per-layer: sparse kernel vs torch conv2d vs unfold+torch.sparse.mm",
                          description="Times sparsecnn.sparse_conv2d, torch conv2d (oneDNN) and a lowered "
@@ -76,6 +78,13 @@ def _fill(p: argparse.ArgumentParser) -> None:
     pm.add_argument("--policy", default="all",
                     help="sparsecnn.sparsify policy: which layers run sparse (all, auto, measure, none; default all)")
     _add_common(pm)
+    pg = bsub.add_parser("gsl", help="accuracy, densities and end-to-end speed of sparsecnn prune runs",
+                         description="The guided-sparsity table: every run directory under RUNS_DIR (report.json + "
+                                     "model_pruned.pt of sparsecnn prune), its accuracy, per-layer density and "
+                                     "measured end-to-end speedup over the dense torch model.")
+    pg.add_argument("runs_dir", help="directory holding one sub-directory per run (e.g. runs/gsl)")
+    pg.add_argument("--policy", default="measure", help="sparsecnn.sparsify policy (default measure)")
+    _add_common(pg)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -131,12 +140,22 @@ def _run_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_gsl(args: argparse.Namespace) -> int:
+    from sparsecnn.bench.gsl import format_gsl_table, run_gsl_table
+
+    result = run_gsl_table(args.runs_dir, batches=tuple(args.batch or (1, 16)),
+                           repeats=args.repeats if args.repeats is not None else 20, threads=args.threads,
+                           policy=args.policy)
+    _emit(result, format_gsl_table(result), args.json)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Dispatch ``sparsecnn bench {layers,model}``; errors print a one-line message, exit 2."""
-    handlers = {"layers": _run_layers, "model": _run_model}
+    """Dispatch ``sparsecnn bench {layers,model,gsl}``; errors print a one-line message, exit 2."""
+    handlers = {"layers": _run_layers, "model": _run_model, "gsl": _run_gsl}
     cmd = getattr(args, "bench_command", None)
     if cmd not in handlers:
-        print("sparsecnn bench: choose a benchmark: layers or model", file=sys.stderr)
+        print("sparsecnn bench: choose a benchmark: layers, model or gsl", file=sys.stderr)
         return 2
     try:
         return handlers[cmd](args)

@@ -2,12 +2,15 @@
 
 In one process, same thread count, same random input (the model's ``default_input_shape`` at
 each batch): the median of ``repeats`` forward passes of each model after a warm-up, under
-``torch.inference_mode``, the runs of the two models interleaved (a load change on a shared
-machine hits both alike). A second, shorter pass with forward hooks times every conv/linear
+``torch.inference_mode``, the runs of the models interleaved (a load change on a shared
+machine hits all alike). Three models: the dense torch model as given, the same model with
+BatchNorm folded into its convolutions (``sparsify(policy="none")``: what BN folding alone
+buys, no sparse kernel) and the sparsified one; speedups are reported against both. A second, shorter pass with forward hooks times every conv/linear
 layer in both models (per-layer breakdown; a sparse layer with a fused ReLU includes it).
 
 Weights: ``weights`` is a pruned set name or npz path (see :mod:`sparsecnn.models.pruned`),
-e.g. ``resnet50_dlmc_magnitude_pruning_0.9`` or ``caffenet_l1_acc56.3``. The CaffeNet sets
+e.g. ``resnet50_dlmc_magnitude_pruning_0.9`` or ``caffenet_l1_acc56.3``, or a state dict saved
+with ``torch.save`` (``.pt``/``.pth``, e.g. the ``model_pruned.pt`` of ``sparsecnn prune``). The CaffeNet sets
 hold conv1-5 only: for an end-to-end run fc6 and fc7 are then magnitude-pruned (L1, torch's
 ``prune.l1_unstructured``) to 10% density, and the result says so in ``notes``.
 
@@ -45,6 +48,11 @@ def _load_model(name: str, weights: str | None) -> tuple[nn.Module, list[str]]:
     notes: list[str] = []
     if weights is None:
         notes.append("random (unpruned) weights: the sparse layers are dense")
+        return model, notes
+    if weights.endswith((".pt", ".pth")):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        notes.append(f"state dict {weights}")
         return model, notes
     applied = apply_pruned_weights(model, weights)
     notes.append(f"pruned weights of {weights} applied to {len(applied)} layers")
@@ -117,8 +125,9 @@ def run_model_bench(name: str, weights: str | None = None, batches: Sequence[int
 
     Returns:
         ``{"model", "weights", "notes", "policy", "threads", "repeats", "statistic", "isa",
-        "torch", "cpu", "batches": [{"batch", "dense_ms", "sparse_ms", "speedup",
-        "max_rel_error", "n_sparse", "layers": [...]}], "sparsify": report of the first batch}``.
+        "torch", "cpu", "batches": [{"batch", "dense_ms", "sparse_ms", "speedup", "folded_ms",
+        "speedup_vs_folded", "max_rel_error", "n_sparse", "layers": [...]}], "sparsify": report of the
+        first batch}``.
     """
     import sparsecnn
     from sparsecnn import ops
@@ -136,6 +145,7 @@ def run_model_bench(name: str, weights: str | None = None, batches: Sequence[int
             "input_shape": list(shape[1:]), "batches": [], "sparsify": None,
         }
         fast = None
+        folded, _ = sparsecnn.sparsify(model, torch.randn(1, *shape[1:]), policy="none")
         g = torch.Generator().manual_seed(0)
         for b in batches:
             x = torch.randn(int(b), *shape[1:], generator=g)
@@ -145,7 +155,7 @@ def run_model_bench(name: str, weights: str | None = None, batches: Sequence[int
                 fast, rep = sparsecnn.sparsify(model, ex, policy=policy)
                 if result["sparsify"] is None:
                     result["sparsify"] = rep.to_dict()
-            t_dense, t_sparse = _time_models([model, fast], x, repeats)
+            t_dense, t_folded, t_sparse = _time_models([model, folded, fast], x, repeats)
             with torch.inference_mode():
                 ref, got = model(x), fast(x)
                 err = float((ref - got).abs().max() / ref.abs().max().clamp_min(1e-30))
@@ -160,7 +170,8 @@ def run_model_bench(name: str, weights: str | None = None, batches: Sequence[int
                                "dense_ms": None if d is None else 1e3 * d, "sparse_ms": None if s is None else 1e3 * s,
                                "speedup": d / s if d and s else None})
             result["batches"].append({"batch": int(b), "dense_ms": 1e3 * t_dense, "sparse_ms": 1e3 * t_sparse,
-                                      "speedup": t_dense / t_sparse, "max_rel_error": err,
+                                      "speedup": t_dense / t_sparse, "folded_ms": 1e3 * t_folded,
+                                      "speedup_vs_folded": t_folded / t_sparse, "max_rel_error": err,
                                       "n_sparse": rep.n_sparse, "layers": layers})
         return result
     finally:
@@ -172,9 +183,11 @@ def format_model_table(result: dict[str, Any]) -> str:
     lines = [f"{result['model']} ({result['weights'] or 'random weights'}), policy {result['policy']}, "
              f"{result['threads']} threads, median of {result['repeats']}, isa {result['isa']}"]
     lines += [f"  note: {n}" for n in result["notes"]]
-    lines.append(f"{'batch':>6}{'dense ms':>12}{'sparse ms':>12}{'speedup':>9}{'sparse layers':>15}{'max rel err':>13}")
+    lines.append(f"{'batch':>6}{'dense ms':>12}{'BN-folded ms':>14}{'sparse ms':>12}{'speedup':>9}"
+                 f"{'vs folded':>11}{'sparse layers':>15}{'max rel err':>13}")
     for b in result["batches"]:
-        lines.append(f"{b['batch']:>6}{b['dense_ms']:>12.3f}{b['sparse_ms']:>12.3f}{b['speedup']:>8.2f}x"
+        lines.append(f"{b['batch']:>6}{b['dense_ms']:>12.3f}{b['folded_ms']:>14.3f}{b['sparse_ms']:>12.3f}"
+                     f"{b['speedup']:>8.2f}x{b['speedup_vs_folded']:>10.2f}x"
                      f"{b['n_sparse']:>8}/{len(b['layers']):<6}{b['max_rel_error']:>13.1e}")
     for b in result["batches"]:
         lines += ["", f"per layer, batch {b['batch']} (sparse time includes a fused ReLU):",
