@@ -280,6 +280,32 @@ std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
   return bounds;
 }
 
+// Tasks of (work unit, group, output-channel range): `units` units per group (tiles of
+// positions or images), and each group's output channels split into as many ranges as it
+// takes for every thread to get about 4 tasks.
+struct RowSplit {
+  int64_t parts, tasks;
+  std::vector<int64_t> bounds;
+  const Conv2dArgs& a;
+  RowSplit(const Conv2dArgs& args, int64_t units, int threads) : a(args) {
+    const int64_t per_group = units * args.groups;
+    parts = threads > 1 && per_group < 4 * threads
+                ? std::min<int64_t>(args.out_channels / args.groups, (4 * threads + per_group - 1) / per_group)
+                : 1;
+    tasks = per_group * parts;
+    bounds = row_bounds(args, parts);
+  }
+  // The unit of `task`; its group and output-channel range through the pointers.
+  int64_t decode(int64_t task, int64_t* g, int64_t* row0, int64_t* row1) const {
+    const int64_t rp = task % parts;
+    task /= parts;
+    *g = task % a.groups;
+    *row0 = bounds[*g * (parts + 1) + rp];
+    *row1 = bounds[*g * (parts + 1) + rp + 1];
+    return task / a.groups;
+  }
+};
+
 // How the per-image kernel runs a call: layout, tiles, sharing between threads.
 struct PixelsPlan {
   Plan p{};
@@ -555,18 +581,11 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     }
     for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;
 
-    const int64_t units = nblocks * nchunks * a.groups;
-    int64_t rowparts = 1;
-    if (threads > 1 && units < 4 * threads) rowparts = std::min<int64_t>(og, (4 * threads + units - 1) / units);
-    const std::vector<int64_t> bounds = row_bounds(a, rowparts);
-    parallel_for(units * rowparts, threads, [&](int64_t task) {
-      int64_t rest = task;
-      const int64_t rp = rest % rowparts; rest /= rowparts;
-      const int64_t g = rest % a.groups; rest /= a.groups;
-      const int64_t k = rest % nchunks; rest /= nchunks;
-      const int64_t blk = rest;
-      const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
-      if (row0 < row1) run_tile(in0, blk * nb, 0, g, k, row0, row1);
+    const RowSplit rows(a, nblocks * nchunks, threads);
+    parallel_for(rows.tasks, threads, [&](int64_t task) {
+      int64_t row0, row1, g;
+      const int64_t unit = rows.decode(task, &g, &row0, &row1);
+      if (row0 < row1) run_tile(in0, unit / nchunks * nb, 0, g, unit % nchunks, row0, row1);
     });
   }
 
@@ -660,9 +679,7 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
   float* const lay = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
 
   const int64_t R = lp.rows_max, nyc = (oh + R - 1) / R, nxc = lp.nxc;
-  const int64_t units = nyc * nxc * a.groups;
-  const int64_t rowparts = units >= 4 * threads ? 1 : std::min<int64_t>(a.out_channels / a.groups, (4 * threads + units - 1) / units);
-  const std::vector<int64_t> bounds = row_bounds(a, rowparts);
+  const RowSplit rows(a, nyc * nxc, threads);
   const int64_t ntask = coarse_tasks(a.c, threads);
   std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);  // one cache line per task
   bool nonfinite = false;
@@ -676,14 +693,11 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
       }
       bad[t * 8] |= any;
     });
-    parallel_for(units * rowparts, threads, [&](int64_t task) {
-      int64_t rest = task;
-      const int64_t rp = rest % rowparts; rest /= rowparts;
-      const int64_t g = rest % a.groups; rest /= a.groups;
-      const int64_t xc = rest % nxc; rest /= nxc;
-      const int64_t yc = rest;
-      const int64_t row0 = bounds[g * (rowparts + 1) + rp], row1 = bounds[g * (rowparts + 1) + rp + 1];
+    parallel_for(rows.tasks, threads, [&](int64_t task) {
+      int64_t row0, row1, g;
+      const int64_t unit = rows.decode(task, &g, &row0, &row1);
       if (row0 >= row1) return;
+      const int64_t xc = unit % nxc, yc = unit / nxc;
       const int64_t small = ow / nxc, extra = ow % nxc;  // balanced pixel chunks
       const int64_t ox0 = xc * small + std::min(xc, extra), oy0 = yc * R;
       LaneTile t{};

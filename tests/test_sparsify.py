@@ -158,13 +158,22 @@ def test_compile_and_export(cnn, x):
     assert _rel(ep.module()(x), ref) < 1e-5
 
 
-@pytest.mark.skipif(not (P.pruned_dir(must_exist=False) / f"{RESNET_SET}.npz").is_file(),
-                    reason=f"pruned set {RESNET_SET} not found")
-def test_resnet50_pruned_matches():
+needs_resnet_set = pytest.mark.skipif(not (P.pruned_dir(must_exist=False) / f"{RESNET_SET}.npz").is_file(),
+                                      reason=f"pruned set {RESNET_SET} not found")
+
+
+def _pruned_resnet50() -> nn.Module:
+    """ResNet-50 with the real 90 % masks and random BN statistics, in eval mode."""
     torch.manual_seed(0)
     m = resnet50().eval()
     P.apply_pruned_weights(m, RESNET_SET)
     _randomize_bn(m)
+    return m
+
+
+@needs_resnet_set
+def test_resnet50_pruned_matches():
+    m = _pruned_resnet50()
     x = torch.randn(1, 3, 64, 64)
     fast, rep = sparsecnn.sparsify(m, x, policy="all")
     assert rep.n_sparse == 54
@@ -180,14 +189,10 @@ def test_resnet50_pruned_matches():
         assert _rel(fast(x), m(x)) < 1e-4
 
 
-@pytest.mark.skipif(not (P.pruned_dir(must_exist=False) / f"{RESNET_SET}.npz").is_file(),
-                    reason=f"pruned set {RESNET_SET} not found")
+@needs_resnet_set
 def test_resnet_residual_fusion_only_when_conv3_sparse(tmp_path):
     """A dense conv3 keeps the block's own add + ReLU; a fused model saves, loads and compiles."""
-    torch.manual_seed(0)
-    m = resnet50().eval()
-    P.apply_pruned_weights(m, RESNET_SET)
-    _randomize_bn(m)
+    m = _pruned_resnet50()
     x = torch.randn(2, 3, 64, 64)
     dense, rep = sparsecnn.sparsify(m, x, policy="none")
     assert not any(r.residual_fused for r in rep.layers)

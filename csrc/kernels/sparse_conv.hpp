@@ -12,6 +12,8 @@
 // stride 1 by the phase split in the driver.
 #pragma once
 
+#include "kernels/dispatch.hpp"
+
 // TAIL: the last vector is partial and might read past the input (the in-place 1x1 path): it
 // is loaded whole when that stays inside the tensor (nearly always; its extra lanes are
 // discarded by the epilogue), masked only at the tensor's end -- a masked load that spans two
@@ -110,21 +112,10 @@ struct ConvEntry<V, NB, NV, false> {
   static constexpr void (*fn)(const ConvTile&) = nullptr;
 };
 
-#define SCNN_CONV_ROW(V, NB)                                                                   \
-  {                                                                                            \
-    ConvEntry<V, NB, 1>::fn, ConvEntry<V, NB, 2>::fn, ConvEntry<V, NB, 3>::fn,                 \
-        ConvEntry<V, NB, 4>::fn, ConvEntry<V, NB, 5>::fn, ConvEntry<V, NB, 6>::fn,             \
-        ConvEntry<V, NB, 7>::fn, ConvEntry<V, NB, 8>::fn, ConvEntry<V, NB, 9>::fn,             \
-        ConvEntry<V, NB, 10>::fn, ConvEntry<V, NB, 11>::fn, ConvEntry<V, NB, 12>::fn,          \
-        ConvEntry<V, NB, 13>::fn, ConvEntry<V, NB, 14>::fn, ConvEntry<V, NB, 15>::fn,          \
-        ConvEntry<V, NB, 16>::fn                                                               \
-  }
-
 template <class V>
 void conv_tile(const ConvTile& t) {
   using Fn = void (*)(const ConvTile&);
-  static const Fn table[4][16] = {SCNN_CONV_ROW(V, 1), SCNN_CONV_ROW(V, 2), SCNN_CONV_ROW(V, 3),
-                                  SCNN_CONV_ROW(V, 4)};
+  static const Fn table[4][16] = SCNN_KERNEL_TABLE(ConvEntry, V);
   // The driver plans within (nb <= 4, nv <= 16, nb*nv <= MAX_ACC); a violation is a bug there.
   if (t.nb < 1 || t.nb > 4 || t.nv < 1 || t.nv > 16 || !table[t.nb - 1][t.nv - 1] ||
       t.count <= static_cast<int64_t>(t.nv - 1) * V::W || t.count > static_cast<int64_t>(t.nv) * V::W)

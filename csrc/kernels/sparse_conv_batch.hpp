@@ -13,6 +13,8 @@
 // (needs the conv helpers and V::transpose).
 #pragma once
 
+#include "kernels/dispatch.hpp"
+
 template <class V, int R, int P, class Idx>
 void lanes_rows(const LaneTile& t) {
   using T = typename V::T;
@@ -91,21 +93,10 @@ struct LanesEntry<V, R, P, false> {
   static constexpr void (*fn)(const LaneTile&) = nullptr;
 };
 
-#define SCNN_LANES_ROW(V, R)                                                                   \
-  {                                                                                            \
-    LanesEntry<V, R, 1>::fn, LanesEntry<V, R, 2>::fn, LanesEntry<V, R, 3>::fn,                 \
-        LanesEntry<V, R, 4>::fn, LanesEntry<V, R, 5>::fn, LanesEntry<V, R, 6>::fn,             \
-        LanesEntry<V, R, 7>::fn, LanesEntry<V, R, 8>::fn, LanesEntry<V, R, 9>::fn,             \
-        LanesEntry<V, R, 10>::fn, LanesEntry<V, R, 11>::fn, LanesEntry<V, R, 12>::fn,          \
-        LanesEntry<V, R, 13>::fn, LanesEntry<V, R, 14>::fn, LanesEntry<V, R, 15>::fn,          \
-        LanesEntry<V, R, 16>::fn                                                               \
-  }
-
 template <class V>
 void lanes_tile(const LaneTile& t) {
   using Fn = void (*)(const LaneTile&);
-  static const Fn table[4][16] = {SCNN_LANES_ROW(V, 1), SCNN_LANES_ROW(V, 2), SCNN_LANES_ROW(V, 3),
-                                  SCNN_LANES_ROW(V, 4)};
+  static const Fn table[4][16] = SCNN_KERNEL_TABLE(LanesEntry, V);
   if (t.rows < 1 || t.rows > 4 || t.pixels < 1 || t.pixels > 16 || !table[t.rows - 1][t.pixels - 1])
     throw std::logic_error("sparsecnn: internal error: bad batch-lanes tile plan");
   table[t.rows - 1][t.pixels - 1](t);

@@ -225,6 +225,9 @@ QUICK_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
 
 #: quantile of the interleaved call times used as "the" time of a call (see time_interleaved)
 TIME_QUANTILE = 0.1
+#: rms log error of the fit above which the calibration is flagged as taken under load (a quiet
+#: machine fits within ~0.12)
+LOADED_RMS = 0.25
 
 #: fitted constants: (attribute, initial value); all positive, fitted in log space
 FIT_PARAMS: tuple[tuple[str, float], ...] = (
@@ -391,9 +394,17 @@ def calibrate(threads: int | None = None, quick: bool = False,
                 samples.append({"spec": spec.to_dict(), "density": xr, "batch": bsz, "t": t})
     rms = fit_kernel(model, samples)
     machine.F_conv_max, machine.C_half = fit_dense(dense_samples, F)
+    rounds = 5 * sum(len(b) for _, _, b in pts)
+    loaded = rms > LOADED_RMS or quiet.busy_rounds > rounds // 2
     model.fit_info = {"samples": samples, "rms_log_error": rms, "quick": quick,
                       "waited_for_quiet_s": round(quiet.waited, 2), "busy_rounds": quiet.busy_rounds,
-                      "seconds": round(time.perf_counter() - t_start, 2)}
+                      "rounds": rounds, "loaded": loaded, "seconds": round(time.perf_counter() - t_start, 2)}
+    if loaded:
+        # GSL prunes and sparsify decides from these constants: a calibration disturbed by
+        # other processes once excluded every layer of the demo. Say so loudly.
+        log.warning("calibration taken under load (rms log error %.2f, %d of %d timing rounds found the CPUs "
+                    "busy): the constants are suspect; rerun with --recalibrate on a quiet machine",
+                    rms, quiet.busy_rounds, rounds)
     log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_visit=%.2f ns tau_epi=%.1f ns "
              "gamma=%.3f t0=%.1f us B_copy=%.1f/%.1f GB/s b=%.2f (fixed), rms log err %.3f; "
              "F_conv_max=%.1f GFLOP/s C_half=%.3g; %.1f s",
