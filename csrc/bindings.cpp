@@ -279,6 +279,7 @@ NB_MODULE(_core, m) {
           d["read_bytes"] = p.read_bytes;
           d["footprint"] = p.footprint;
           d["image_mode"] = p.image_mode;
+          d["direct"] = p.direct;
           return d;
         },
         nb::arg("n"), nb::arg("c"), nb::arg("h"), nb::arg("w"), nb::arg("out_channels"), nb::arg("cin_per_group"),

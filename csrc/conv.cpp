@@ -771,6 +771,7 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
     info.read_bytes += b.n * in_bytes;
     info.footprint = std::max(info.footprint, pl.footprint);
     info.image_mode = pl.image_mode;
+    info.direct = pl.p.direct;
   }
   return info;
 }

@@ -104,6 +104,7 @@ struct ConvPlanInfo {
   int64_t read_bytes = 0;    // input bytes read by the layout or the finiteness scan
   double footprint = 0;      // input bytes one tile reads (largest of the two kernels)
   bool image_mode = false;   // per-image kernel: a task per image block (else channel ranges)
+  bool direct = false;       // per-image kernel reads the input in place (1x1, unpadded)
 };
 ConvPlanInfo conv2d_plan(const Conv2dArgs& geometry);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.

@@ -269,14 +269,14 @@ def test_nelder_mead_fit_recovers_constants():
              (CONV2, 0.05, 16), (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1), (c56, 0.05, 1), (c56, 0.3, 16),
              (tiny, 0.2, 1), (tiny, 0.6, 1)]
     truth = _model(threads=2, B_copy=8e9)
-    cal._set_params(truth, [0.35e-9, 0.3e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 8e9])
+    cal._set_params(truth, [0.35e-9, 0.3e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 8e9])
     samples = [{"spec": s.to_dict(), "density": x, "batch": b, "t": truth.predict(s, x, b).t_sparse}
                for s, x, b in specs]
     m = _model(threads=2, B_copy=8e9)  # the copy probe (prior) agrees
     rms = cal.fit_kernel(m, samples)
     assert rms < 5e-3 and m.b == 2.0  # b is fixed, not fitted
     assert m.tau_fma == pytest.approx(0.35e-9, rel=0.05) and m.tau_lanes == pytest.approx(0.3e-9, rel=0.05)
-    assert m.gamma == pytest.approx(0.9, abs=0.02)
+    assert m.gamma == pytest.approx(0.9, abs=0.02) and m.tau_direct == pytest.approx(0.45e-9, rel=0.1)
     assert m.t0 == pytest.approx(25e-6, rel=0.15)
 
 

@@ -231,7 +231,8 @@ LOADED_RMS = 0.25
 
 #: fitted constants: (attribute, initial value); all positive, fitted in log space
 FIT_PARAMS: tuple[tuple[str, float], ...] = (
-    ("tau_fma", 0.4e-9), ("tau_lanes", 0.4e-9), ("tau_visit", 2e-9), ("tau_epi", 20e-9), ("gamma", 0.9),
+    ("tau_fma", 0.4e-9), ("tau_lanes", 0.4e-9), ("tau_direct", 0.4e-9), ("tau_visit", 2e-9),
+    ("tau_epi", 20e-9), ("gamma", 0.9),
     ("t0", 2e-5), ("inv_B_copy", 1 / 20e9), ("inv_B_copy_llc", 1 / 60e9))
 
 
@@ -251,16 +252,20 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
 
     Minimises a robust (soft-L1) loss of the log time ratio with Nelder-Mead, so that a
     few samples slowed by other processes do not drag the fit. A constant the samples do not
-    exercise (no batch-lanes sample: ``tau_lanes``) is tied to its neighbour.
+    exercise (no batch-lanes sample: ``tau_lanes``; no 1x1 layer read in place: ``tau_direct``)
+    is tied to ``tau_fma``.
     """
     specs = [(LayerSpec.from_dict(s["spec"]), s["density"], s["batch"], s["t"]) for s in samples]
     threads = model.machine.threads
     has_lanes = any(spec.kernel_work(bsz, threads)["lanes_images"] > 0 for spec, _, bsz, _ in specs)
+    has_direct = any(spec.kernel_work(bsz, threads)["direct"] for spec, _, bsz, _ in specs)
 
     def errors(lp: np.ndarray) -> list[float]:
         _set_params(model, np.exp(lp))
         if not has_lanes:
             model.tau_lanes = None
+        if not has_direct:
+            model.tau_direct = None
         out = []
         for spec, x, bsz, tt in specs:
             tf, tc, tb = model.terms(spec, x, bsz)
@@ -405,10 +410,12 @@ def calibrate(threads: int | None = None, quick: bool = False,
         log.warning("calibration taken under load (rms log error %.2f, %d of %d timing rounds found the CPUs "
                     "busy): the constants are suspect; rerun with --recalibrate on a quiet machine",
                     rms, quiet.busy_rounds, rounds)
-    log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_visit=%.2f ns tau_epi=%.1f ns "
+    log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_direct=%.3f ns tau_visit=%.2f ns "
+             "tau_epi=%.1f ns "
              "gamma=%.3f t0=%.1f us B_copy=%.1f/%.1f GB/s b=%.2f (fixed), rms log err %.3f; "
              "F_conv_max=%.1f GFLOP/s C_half=%.3g; %.1f s",
              model.tau_fma * 1e9, model.a, (model.tau_lanes or model.tau_fma) * 1e9, model.a_lanes,
+             (model.tau_direct or model.tau_fma) * 1e9,
              model.tau_visit * 1e9, model.tau_epi * 1e9, model.gamma, model.t0 * 1e6, machine.B_copy / 1e9,
              machine.B_copy_llc / 1e9, model.b, rms,
              machine.F_conv_max / 1e9, machine.C_half, model.fit_info["seconds"])

@@ -22,16 +22,18 @@ visits per nonzero, how many bytes it lays out, how many epilogues), and the mod
               + epilogues * tau_epi / threads       stores: bias/ReLU/residual, transposes
     t_compute = (x / 0.1)^gamma * 0.1 * nnz_dense * (fmas * tau_fma + lanes_fmas * tau_lanes
                                                      + visits * tau_visit) / threads
+                (tau_direct instead of tau_fma for 1x1 layers read in place)
     t_bw      = S_A / B_act + b * x * S_W / B_w     b = 1.5 (4-byte value + 2-byte index)
 
 ``tau_fma`` is the time of one vector FMA (with its load, mostly from L2) on one thread in
-the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel. The cost of a
+the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel, ``tau_direct``
+when the per-image kernel reads a 1x1 layer's input in place (unaligned loads, no layout). The cost of a
 nonzero falls slowly as the density grows (longer rows: more of a tile's input is reused from
 L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a little below 1
 (the paper's model is linear, ``gamma = 1``). The paper's overhead is
 ``a = tau_fma * F / (2 * W * threads)`` (vector width ``W``): how far below SGEMM each useful
-FLOP runs. The eight constants ``tau_fma, tau_lanes, tau_visit, tau_epi, gamma, t0, B_copy,
-B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse terms
+FLOP runs. The nine constants ``tau_fma, tau_lanes, tau_direct, tau_visit, tau_epi, gamma, t0,
+B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse terms
 increase with ``x``, so the useful density range (:meth:`PerfModel.useful_range`) is found by
 bisection.
 
@@ -141,6 +143,8 @@ class PerfModel:
     tau_fma: float = 1e-9
     #: the same for the batch-lanes kernel (None: ``tau_fma``)
     tau_lanes: float | None = None
+    #: the same for 1x1 layers read in place by the per-image kernel (None: ``tau_fma``)
+    tau_direct: float | None = None
     #: seconds per (nonzero, tile) visit on one thread: column, table, broadcast, address
     tau_visit: float = 0.0
     #: seconds per epilogue (output channel x tile) on one thread
@@ -217,7 +221,8 @@ class PerfModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
         return {"schema": self.schema, "machine": asdict(self.machine), "tau_fma": self.tau_fma,
-                "tau_lanes": self.tau_lanes, "tau_visit": self.tau_visit, "tau_epi": self.tau_epi,
+                "tau_lanes": self.tau_lanes, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
+                "tau_epi": self.tau_epi,
                 "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense), "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
 
@@ -228,11 +233,12 @@ class PerfModel:
             raise ValueError(f"schema {d.get('schema')} != {SCHEMA_VERSION}")
         m = cls(machine=Machine(**d["machine"]), tau_fma=float(d["tau_fma"]),
                 tau_lanes=None if d.get("tau_lanes") is None else float(d["tau_lanes"]),
+                tau_direct=None if d.get("tau_direct") is None else float(d["tau_direct"]),
                 tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
                 gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
-        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
+        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
                   m.machine.B_copy, m.machine.B_copy_llc):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
@@ -306,7 +312,8 @@ class PerfModel:
         w = self.work(spec, batch)
         th = max(1, self.machine.threads)
         tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
-        per_nz = w["vec_fmas"] * self.tau_fma + w["lanes_vec_fmas"] * tau_l + w["visits"] * self.tau_visit
+        tau_p = self.tau_direct if (w["direct"] and self.tau_direct is not None) else self.tau_fma
+        per_nz = w["vec_fmas"] * tau_p + w["lanes_vec_fmas"] * tau_l + w["visits"] * self.tau_visit
         kc = spec.weight_numel * per_nz / th
         t_fixed = self.t0 + self.memory_time(spec, batch) + w["epilogues"] * self.tau_epi / th
         b0 = spec.act_bytes(batch) / self.bandwidth(spec, batch)

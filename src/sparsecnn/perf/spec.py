@@ -182,8 +182,8 @@ class LayerSpec:
         nonzero weight in the per-image / batch-lanes kernel, whole batch), ``visits`` (tile
         visits per nonzero), ``epilogues`` (output channel x tile stores), ``layout_bytes`` /
         ``read_bytes`` (the input pass), ``layout_buffer_bytes`` (one buffer: a block of images
-        per thread in image mode, else the batch), ``footprint`` and which kernel runs how many
-        images.
+        per thread in image mode, else the batch), ``footprint``, ``direct`` (the input is read
+        in place, unaligned) and which kernel runs how many images.
         A linear layer vectorises over the batch (tiles of 4 vectors), transposing the input
         unless the batch is 1.
 
@@ -206,7 +206,7 @@ class LayerSpec:
             w = {"vector_width": simd, "lanes_images": 0, "pixel_images": batch, "vec_fmas": nvec,
                  "lanes_vec_fmas": 0, "visits": chunks, "epilogues": self.out_channels * chunks,
                  "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(FLOAT_BYTES * batch * self.in_channels),
-                 "image_mode": False}
+                 "image_mode": False, "direct": False}
         else:
             cg = self.in_channels // self.groups
             w = dict(_core.conv2d_plan(
