@@ -77,7 +77,10 @@ void sparse_linear(const LinearArgs& a) {
     t.out_features = a.out_features;
     t.bias = a.bias;
     t.relu = a.relu;
-    isa.linear_tile(t);
+    if (a.n == 1)
+      isa.linear_dot(t);  // one input row: dot products over the nonzeros
+    else
+      isa.linear_tile(t);
   });
 
   // Dense semantics for NaN/Inf inputs: 0 * Inf = NaN wherever a pruned weight meets them.

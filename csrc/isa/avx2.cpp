@@ -54,6 +54,18 @@ struct V {
     if (p >= lo && p + W <= hi) return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m));
     return _mm256_maskload_ps(p, m);
   }
+  // x[idx[0..7]] (16-bit indices read unsigned, or 32-bit)
+  static inline T gather(const float* x, const uint16_t* idx) {
+    return _mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
+  }
+  static inline T gather(const float* x, const int32_t* idx) {
+    return _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  static inline float sum(T v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
@@ -70,6 +82,6 @@ struct V {
 }  // namespace
 
 const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
-                                  &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>};
+                                  &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>};
 
 }  // namespace scnn

@@ -60,6 +60,14 @@ struct V {
     if (p >= lo && p + W <= hi) return _mm512_maskz_mov_ps(m, _mm512_loadu_ps(p));
     return _mm512_maskz_loadu_ps(m, p);
   }
+  // x[idx[0..15]] (16-bit indices read unsigned, or 32-bit)
+  static inline T gather(const float* x, const uint16_t* idx) {
+    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx))), x, 4);
+  }
+  static inline T gather(const float* x, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), x, 4);
+  }
+  static inline float sum(T v) { return _mm512_reduce_add_ps(v); }
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
@@ -76,6 +84,6 @@ struct V {
 }  // namespace
 
 const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
-                                    &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>};
+                                    &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>};
 
 }  // namespace scnn

@@ -101,6 +101,7 @@ struct IsaKernels {
   int max_acc;   // accumulator registers the conv micro-kernel may use
   void (*conv_tile)(const ConvTile&);
   void (*linear_tile)(const LinearTile&);
+  void (*linear_dot)(const LinearTile&);  // batch 1: sparse dot products with gathers
   bool (*layout_channel)(const LayoutJob&);  // returns whether a NaN/Inf was read
   void (*lanes_tile)(const LaneTile&);
   bool (*lanes_layout)(const LaneLayoutJob&);  // returns whether a NaN/Inf was read

@@ -57,6 +57,17 @@ struct V {
     return any;
   }
   static inline T load_inside(const float* p, Mask m, const float*, const float*) { return load_tail(p, m); }
+  template <class Idx>
+  static inline T gather(const float* x, const Idx* idx) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = x[static_cast<int64_t>(idx[i])];
+    return r;
+  }
+  static inline float sum(T v) {
+    float s = 0.0f;
+    for (int i = 0; i < W; ++i) s += v.v[i];
+    return s;
+  }
   static inline T fma(T a, T b, T c) {
     T r;
     for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
@@ -90,7 +101,7 @@ struct V {
 }  // namespace
 
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
-                                     &linear_tile<V>, &layout_channel<V>,
+                                     &linear_tile<V>, &linear_dot<V>, &layout_channel<V>,
                                      &lanes_tile<V>, &lanes_layout<V>};
 
 }  // namespace scnn
