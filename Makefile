@@ -46,8 +46,9 @@ test-asan: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ninja -C build/asan test_core >/dev/null
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./build/asan/test_core
 
+# Every benchmark behind docs/benchmarks.md, docs/perf-model.md and docs/gsl.md (quiet machine).
 bench: build
-	$(VPY) -m sparsecnn.cli bench layers --set all --json runs/bench_layers.json
+	benchmarks/run_all.sh $(VPY)
 
 clean:
 	rm -rf build runs
