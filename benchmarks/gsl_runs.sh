@@ -26,3 +26,4 @@ prune dns --method dns $FT
 prune gdns --method gdns $FT
 prune gesl-lam8e-3 --method gesl --lam 8e-3 $FT
 prune esl-lam8e-3 --method esl --lam 8e-3 $FT
+prune gmp-0.8 --method gmp --final-sparsity 0.8 $FT

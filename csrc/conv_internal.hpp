@@ -1,0 +1,125 @@
+// Internals shared by the drivers of the direct sparse convolution (conv.cpp: validation and
+// dispatch; conv_pixels.cpp: the per-image kernel; conv_lanes.cpp: the batch-lanes kernel).
+// Not part of the core's API.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core.hpp"
+#include "isa/kernels.hpp"
+
+namespace scnn {
+namespace conv {
+
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw std::overflow_error(std::string("sparse_conv2d: ") + what + " overflows 64-bit");
+  return r;
+}
+
+// Per-thread scratch reused across calls (the phased input of a batch can be megabytes; a
+// fresh allocation each call would page-fault it in every time).
+inline std::vector<float>& scratch() {
+  thread_local std::vector<float> buf;
+  return buf;
+}
+
+// Private L2 of one core, from the OS (sysconf), 1 MiB when unknown. The tile planners keep
+// the input one tile reads within it: a tile whose input spills to L3 runs at half speed.
+int64_t l2_bytes();
+
+// One past the last element of the input view (strides are non-negative): the layouts may read
+// anywhere in [x, view_end) -- e.g. a whole vector around a row's last pixels.
+inline const float* view_end(const Conv2dArgs& a) {
+  return a.x + (a.n - 1) * a.xs[0] + (a.c - 1) * a.xs[1] + (a.h - 1) * a.xs[2] + (a.w - 1) * a.xs[3] + 1;
+}
+
+// Splits `jobs` items into a few contiguous ranges per thread (coarse tasks: no contention on
+// the task counter, no two threads writing neighbouring flags).
+inline int64_t coarse_tasks(int64_t jobs, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(jobs, 4 * static_cast<int64_t>(threads)));
+}
+
+// Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
+// per-row constant for the epilogue): bounds[g * (parts + 1) + k].
+std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts);
+
+// Tasks of (work unit, group, output-channel range): `units` units per group (tiles of
+// positions or images), and each group's output channels split into as many ranges as it
+// takes for every thread to get about 4 tasks.
+struct RowSplit {
+  int64_t parts, tasks;
+  std::vector<int64_t> bounds;
+  const Conv2dArgs& a;
+  RowSplit(const Conv2dArgs& args, int64_t units, int threads) : a(args) {
+    const int64_t per_group = units * args.groups;
+    parts = threads > 1 && per_group < 4 * threads
+                ? std::min<int64_t>(args.out_channels / args.groups, (4 * threads + per_group - 1) / per_group)
+                : 1;
+    tasks = per_group * parts;
+    bounds = row_bounds(args, parts);
+  }
+  // The unit of `task`; its group and output-channel range through the pointers.
+  int64_t decode(int64_t task, int64_t* g, int64_t* row0, int64_t* row1) const {
+    const int64_t rp = task % parts;
+    task /= parts;
+    *g = task % a.groups;
+    *row0 = bounds[*g * (parts + 1) + rp];
+    *row1 = bounds[*g * (parts + 1) + rp + 1];
+    return task / a.groups;
+  }
+};
+
+// Images [n0, n1) of a call, as a call of its own (same weight, views of x, out and residual).
+Conv2dArgs part(const Conv2dArgs& a, int64_t n0, int64_t n1, int64_t oh, int64_t ow);
+
+// ---- the per-image kernel (conv_pixels.cpp)
+struct Plan {
+  int64_t oh, ow;
+  int64_t wrow, hrows, plane, cstride, istride;  // phased layout
+  int64_t drmax, dqmax;                          // largest row / column shift of a tap
+  int nphy, nphx;
+  int phy_index[64], phx_index[64];  // phase -> compact index (-1: unused)
+  bool direct;                      // read x in place (no copy)
+};
+
+// How the per-image kernel runs a call: layout, tiles, sharing between threads.
+struct PixelsPlan {
+  Plan p{};
+  int W = 16, nph = 1;
+  int64_t nshift = 1;                  // column-shifted replicas of the input
+  int64_t positions = 0, nvec = 0;     // widened output positions / vectors per image
+  int64_t nchunks = 1, nb = 1, nblocks = 0;
+  bool image_mode = false;             // a task per image block (else: split output channels)
+  int64_t buf_images = 0, rep_stride = 0;
+  double footprint = 0;                // bytes of input one tile reads
+};
+
+// The per-image kernel's plan (run_pixels runs exactly this; conv2d_plan reports it).
+PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow);
+// The per-image kernel (kernels/sparse_conv.hpp): SIMD over the output pixels of one image,
+// any stride, dilation and layout. Returns whether a NaN/Inf input was seen.
+bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow);
+
+// ---- the batch-lanes kernel (conv_lanes.cpp)
+// Geometry of the batch-lanes layout of a call with output oh x ow.
+struct LanesPlan {
+  int64_t hrows, wcols;  // layout rows and columns (vectors of W images)
+  int64_t plane;         // floats per channel
+  int rows_max;          // R: output rows per tile
+  int64_t nxc;           // pixel chunks per output row
+};
+
+// The images of the call the batch-lanes kernel takes (whole blocks of W), or 0 (see conv_lanes.cpp).
+int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, LanesPlan* lp);
+// The batch-lanes kernel on a call whose batch is a multiple of W; returns whether a NaN/Inf
+// input was seen.
+bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp);
+
+}  // namespace conv
+}  // namespace scnn
