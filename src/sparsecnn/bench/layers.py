@@ -219,23 +219,27 @@ def _machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ measurement
-def _measure(layer: dict[str, Any], w: torch.Tensor, batch: int, source: str, gen: torch.Generator,
-             repeats: int, min_repeats: int, max_time_s: float, sgemm_gflops: float,
-             lowered: bool) -> dict[str, Any]:
-    import sparsecnn
-
+def _geometry(layer: dict[str, Any]) -> tuple[int, int, int, int, int, int, int, int, int, int]:
     c, o, g = layer["in_channels"], layer["out_channels"], layer["groups"]
     kh, kw = layer["kernel"]
     s, p = layer["stride"], layer["padding"]
     h, wd = layer["input_hw"]
-    oh = (h + 2 * p - kh) // s + 1
+    return c, o, g, kh, kw, s, p, h, wd, (h + 2 * p - kh) // s + 1
+
+
+def _measure(layer: dict[str, Any], w: torch.Tensor, batch: int, source: str, gen: torch.Generator,
+             repeats: int, min_repeats: int, max_time_s: float, sgemm_gflops: float) -> dict[str, Any]:
+    """Sparse kernel and dense conv2d times of one layer (the lowered baseline: :func:`_add_lowered`)."""
+    import sparsecnn
+
+    c, o, g, kh, kw, s, p, h, wd, oh = _geometry(layer)
     ow = (wd + 2 * p - kw) // s + 1
     sw = sparsecnn.SparseWeight.from_dense(w, groups=g)
     x = torch.randn(batch, c, h, wd, generator=gen)
     row: dict[str, Any] = dict(
         layer=layer["name"], batch=int(batch), density=sw.density, nnz=sw.nnz, mask=source,
         in_channels=c, out_channels=o, kernel=[kh, kw], stride=s, padding=p, groups=g,
-        input_hw=[h, wd], output_hw=[oh, ow],
+        input_hw=[h, wd], output_hw=[oh, ow], t_lowered_ms=None, n_lowered=0,
     )
 
     def sparse() -> torch.Tensor:
@@ -252,32 +256,47 @@ def _measure(layer: dict[str, Any], w: torch.Tensor, batch: int, source: str, ge
         row["t_sparse_ms"], row["n_sparse"] = _time_ms(sparse, repeats, min_repeats, max_time_s, stats=mins)
         row["t_dense_ms"], row["n_dense"] = _time_ms(dense, repeats, min_repeats, max_time_s, stats=mins)
         row["t_sparse_min_ms"], row["t_dense_min_ms"] = mins
-        if lowered:
-            w_csr = block_diag_csr(w, g)
-            ck = c * kh * kw
-
-            def low() -> torch.Tensor:
-                cols = F.unfold(x, (kh, kw), padding=p, stride=s)  # (N, C*kh*kw, L)
-                cols = cols.permute(1, 0, 2).reshape(ck, batch * oh * ow)
-                y = torch.sparse.mm(w_csr, cols)  # (O, N*L)
-                return y.view(o, batch, oh, ow).permute(1, 0, 2, 3)
-
-            row["t_lowered_ms"], row["n_lowered"] = _time_ms(low, repeats, min_repeats, max_time_s)
-        else:
-            row["t_lowered_ms"], row["n_lowered"] = None, 0
     dense_flops = 2.0 * o * (c // g) * kh * kw * batch * oh * ow
     nz_flops = 2.0 * sw.nnz * batch * oh * ow
-    ts, td, tl = row["t_sparse_ms"], row["t_dense_ms"], row["t_lowered_ms"]
+    ts, td = row["t_sparse_ms"], row["t_dense_ms"]
     row["speedup_vs_dense"] = td / ts
     row["speedup_vs_dense_min"] = row["t_dense_min_ms"] / row["t_sparse_min_ms"]  # best-of-runs (robust to load)
-    row["speedup_vs_lowered"] = tl / ts if tl is not None else None
+    row["speedup_vs_lowered"] = None
     row["gflops_sparse_eff"] = dense_flops / (ts * 1e6)
     row["gflops_dense"] = dense_flops / (td * 1e6)
-    row["gflops_lowered_eff"] = dense_flops / (tl * 1e6) if tl is not None else None
+    row["gflops_lowered_eff"] = None
     row["gflops_nonzero"] = nz_flops / (ts * 1e6)
     row["overhead_a"] = sgemm_gflops / row["gflops_nonzero"] if nz_flops > 0 else None
     row["overhead_a_min"] = sgemm_gflops * row["t_sparse_min_ms"] * 1e6 / nz_flops if nz_flops > 0 else None
     return row
+
+
+def _add_lowered(row: dict[str, Any], layer: dict[str, Any], w: torch.Tensor, gen: torch.Generator,
+                 repeats: int, min_repeats: int, max_time_s: float) -> None:
+    """Times the lowered baseline (``F.unfold`` + ``torch.sparse.mm``) of a measured row.
+
+    Run in a pass of its own after every sparse/dense timing: torch's sparse matmul leaves
+    its threads spinning for a while, which slowed the next layer's sparse kernel by up to 40 %
+    when the three timings were interleaved per layer.
+    """
+    c, o, g, kh, kw, s, p, h, wd, oh = _geometry(layer)
+    ow = (wd + 2 * p - kw) // s + 1
+    batch = row["batch"]
+    x = torch.randn(batch, c, h, wd, generator=gen)
+    w_csr = block_diag_csr(w, g)
+    ck = c * kh * kw
+
+    def low() -> torch.Tensor:
+        cols = F.unfold(x, (kh, kw), padding=p, stride=s)  # (N, C*kh*kw, L)
+        cols = cols.permute(1, 0, 2).reshape(ck, batch * oh * ow)
+        y = torch.sparse.mm(w_csr, cols)  # (O, N*L)
+        return y.view(o, batch, oh, ow).permute(1, 0, 2, 3)
+
+    with torch.inference_mode():
+        row["t_lowered_ms"], row["n_lowered"] = _time_ms(low, repeats, min_repeats, max_time_s)
+    tl = row["t_lowered_ms"]
+    row["speedup_vs_lowered"] = tl / row["t_sparse_ms"]
+    row["gflops_lowered_eff"] = 2.0 * o * (c // g) * kh * kw * batch * oh * ow / (tl * 1e6)
 
 
 def break_even_density(points: Sequence[tuple[float, float, float]]) -> dict[str, Any]:
@@ -467,6 +486,7 @@ def run_layer_bench(
 
             it = tqdm(plan, desc="bench layers", unit="cfg", leave=False)
         weight_cache: dict[tuple[str, float], torch.Tensor] = {}
+        deferred: list[tuple[dict[str, Any], dict[str, Any], torch.Tensor]] = []
         for st, lay, d, b in it:
             if progress:
                 it.set_postfix_str(f"{lay['name']} N={b}" + (f" d={d}" if d is not None else ""))
@@ -477,13 +497,17 @@ def run_layer_bench(
                 if key not in weight_cache:  # same random weight at every batch size
                     weight_cache[key] = _random_weight(lay, d, gen)
                 w, source = weight_cache[key], "random"
-            row = _measure(lay, w, b, source, gen, repeats, min_repeats, max_time_s, sgemm, lowered)
+            row = _measure(lay, w, b, source, gen, repeats, min_repeats, max_time_s, sgemm)
+            if lowered:
+                deferred.append((row, lay, w))
             row["set"] = st
             if d is not None:
                 row["target_density"] = d
             if lay.get("weights_set") and d is None:
                 row["weights"] = lay["weights_set"]
             rows.append(row)
+        for row, lay, w in deferred:  # the lowered baseline in a pass of its own (see _add_lowered)
+            _add_lowered(row, lay, w, gen, repeats, min_repeats, max_time_s)
         meta["isa"] = __import__("sparsecnn.ops", fromlist=["active_isa"]).active_isa()
     meta["elapsed_s"] = time.perf_counter() - t_start
 
