@@ -40,10 +40,15 @@ void conv_rows(const ConvTile& t) {
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
 
+    // Offsets looked up two nonzeros ahead (see sparse_conv_batch.hpp).
+    int64_t j = t.row_ptr[m];
     const int64_t j1 = t.row_ptr[m + 1];
-    for (int64_t j = t.row_ptr[m]; j < j1; ++j) {
+    int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;
+    for (; j < j1; ++j) {
       const T w = V::bcast(vals[j]);
-      const float* p = in + table[col[j]];
+      const float* p = in + next;
+      next = next2;
+      if (j + 2 < j1) next2 = table[col[j + 2]];
 #pragma GCC unroll 16
       for (int b = 0; b < NB; ++b) {
         const float* pb = p + b * istride;
