@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, csr_coords, csr_to_dense, eager_cpu_call
+from sparsecnn.ops.conv import _alloc, _dl, csr_coords, csr_to_dense, eager_cpu_call
 
 __all__ = ["call_sparse_linear", "sparse_linear_op"]
 
@@ -40,9 +40,9 @@ def _sparse_linear_cpu(
     _check(x, values)
     out = _alloc((x.shape[0], out_features), "sparse_linear")
     _core.linear(
-        x.detach(), values.detach(), col_idx, row_ptr,
-        None if bias is None else bias.detach().contiguous(),
-        out, out_features, bool(relu), torch.get_num_threads(),
+        _dl(x.detach()), _dl(values.detach()), _dl(col_idx), _dl(row_ptr),
+        None if bias is None else _dl(bias.detach().contiguous()),
+        _dl(out), out_features, bool(relu), torch.get_num_threads(),
     )
     return out
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, eager_cpu_call
+from sparsecnn.ops.conv import _alloc, _dl, eager_cpu_call
 
 __all__ = ["call_local_response_norm", "call_max_pool2d", "local_response_norm_op", "max_pool2d_op"]
 
@@ -44,7 +44,7 @@ def _pool_out(x: torch.Tensor, kernel: list[int], stride: list[int], padding: li
 def _max_pool2d_cpu(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
     _check(x, "max_pool2d")
     out = _alloc(_pool_out(x, kernel, stride, padding, ceil_mode), "max_pool2d")
-    _core.max_pool2d(x.detach().contiguous(), out, list(kernel), list(stride), list(padding), bool(ceil_mode),
+    _core.max_pool2d(_dl(x.detach().contiguous()), _dl(out), list(kernel), list(stride), list(padding), bool(ceil_mode),
                      torch.get_num_threads())
     return out
 
@@ -99,7 +99,7 @@ def call_max_pool2d(x: torch.Tensor, kernel: list[int], stride: list[int], paddi
 def _lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     _check(x, "local_response_norm")
     out = _alloc(tuple(x.shape), "local_response_norm")
-    _core.local_response_norm(x.detach().contiguous(), out, int(size), float(alpha), float(beta), float(k),
+    _core.local_response_norm(_dl(x.detach().contiguous()), _dl(out), int(size), float(alpha), float(beta), float(k),
                               torch.get_num_threads())
     return out
 
