@@ -30,3 +30,4 @@ prune gmp-0.8 --method gmp --final-sparsity 0.8 $FT
 # a point between the two lasso strengths, for both (the GESL-vs-ESL comparison at equal accuracy)
 prune esl-lam6.5e-3 --method esl --lam 6.5e-3 $FT
 prune gesl-lam6.5e-3 --method gesl --lam 6.5e-3 $FT
+prune gesl-lam1e-2 --method gesl --lam 1e-2 $FT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -152,5 +153,11 @@ def test_gsl_table_over_real_runs(tmp_path):
     text = format_gsl_table(res)
     assert "| gesl | gesl |" in text and "speedup b2" in text
     json.dumps(res)
+    # rounds: every run measured round-robin, each figure the median over the rounds
+    res3 = run_gsl_table(tmp_path, batches=(1,), repeats=1, threads=1, policy="all", rounds=3)
+    for r in res3["runs"]:
+        sp = r["speed"]["1"]
+        assert len(sp["speedup_rounds"]) == 3 and sp["speedup"] == statistics.median(sp["speedup_rounds"])
+    assert "median over 3 rounds" in format_gsl_table(res3)
     with pytest.raises(FileNotFoundError):
         run_gsl_table(tmp_path / "missing")

@@ -84,6 +84,8 @@ def _fill(p: argparse.ArgumentParser) -> None:
                                      "measured end-to-end speedup over the dense torch model.")
     pg.add_argument("runs_dir", help="directory holding one sub-directory per run (e.g. runs/gsl)")
     pg.add_argument("--policy", default="measure", help="sparsecnn.sparsify policy (default measure)")
+    pg.add_argument("--rounds", type=int, default=1,
+                    help="measure every run this many times, round-robin, and report the median speedup (default 1)")
     _add_common(pg)
 
 
@@ -145,7 +147,7 @@ def _run_gsl(args: argparse.Namespace) -> int:
 
     result = run_gsl_table(args.runs_dir, batches=tuple(args.batch or (1, 16)),
                            repeats=args.repeats if args.repeats is not None else 20, threads=args.threads,
-                           policy=args.policy)
+                           policy=args.policy, rounds=args.rounds)
     _emit(result, format_gsl_table(result), args.json)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,27 +37,38 @@ def _runs(root: Path) -> list[Path]:
 
 
 def run_gsl_table(runs_dir: str | Path, batches: Sequence[int] = (1, 16), repeats: int = 20,
-                  threads: int | None = None, policy: str = "measure") -> dict[str, Any]:
+                  threads: int | None = None, policy: str = "measure", rounds: int = 1) -> dict[str, Any]:
     """Collect every run under ``runs_dir`` and measure its end-to-end speed.
+
+    With ``rounds > 1`` every run is measured ``rounds`` times, round-robin over the runs, and
+    each figure is the median over the rounds (``speedup_rounds`` keeps them all): on a machine
+    whose speed drifts, one pass would favour whichever run was measured in a good moment.
 
     Returns ``{"runs": [{"name", "method", "config", "test_acc", "overall_density",
     "layers": [{"name", "density", "state"}], "speed": {batch: {"dense_ms", "sparse_ms",
-    "speedup"}}}], "dense_acc", "threads", "policy", "repeats"}``.
+    "speedup", "speedup_rounds", ...}}}], "dense_acc", "threads", "policy", "repeats", "rounds"}``.
     """
     from sparsecnn.bench.model import run_model_bench
 
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no run directory {root}")
-    out: dict[str, Any] = {"runs_dir": str(root), "policy": policy, "repeats": repeats, "runs": []}
-    for d in _runs(root):
+    rounds = max(1, int(rounds))
+    out: dict[str, Any] = {"runs_dir": str(root), "policy": policy, "repeats": repeats, "rounds": rounds, "runs": []}
+    dirs = _runs(root)
+    benches: dict[str, list[dict[str, Any]]] = {d.name: [] for d in dirs}
+    for k in range(rounds):
+        for d in dirs:
+            cfg = json.loads((d / "report.json").read_text(encoding="utf-8")).get("config", {})
+            log.info("measuring %s (%s), round %d/%d", d.name, cfg.get("method"), k + 1, rounds)
+            benches[d.name].append(run_model_bench(cfg.get("model", "fmnist_vgg"), weights=str(d / "model_pruned.pt"),
+                                                   batches=batches, repeats=repeats, threads=threads, policy=policy))
+    for d in dirs:
         rep = json.loads((d / "report.json").read_text(encoding="utf-8"))
         cfg = rep.get("config", {})
         final = rep.get("final", {})
         model = cfg.get("model", "fmnist_vgg")
-        log.info("measuring %s (%s)", d.name, cfg.get("method"))
-        bench = run_model_bench(model, weights=str(d / "model_pruned.pt"), batches=batches, repeats=repeats,
-                                threads=threads, policy=policy)
+        bench = benches[d.name][0]
         out["threads"] = bench["threads"]
         out["isa"] = bench["isa"]
         out["runs"].append({
@@ -66,14 +78,21 @@ def run_gsl_table(runs_dir: str | Path, batches: Sequence[int] = (1, 16), repeat
             "test_acc": final.get("test_acc"), "overall_density": final.get("overall_density"),
             "layers": [{"name": L["name"], "density": L["density"], "state": L.get("state")}
                        for L in final.get("layers", [])],
-            "speed": {str(b["batch"]): {"dense_ms": b["dense_ms"], "folded_ms": b["folded_ms"],
-                                        "sparse_ms": b["sparse_ms"], "speedup": b["speedup"],
-                                        "speedup_vs_folded": b["speedup_vs_folded"], "n_sparse": b["n_sparse"]}
-                      for b in bench["batches"]},
+            "speed": {str(b["batch"]): _median_speed([bb["batches"][i] for bb in benches[d.name]])
+                      for i, b in enumerate(bench["batches"])},
         })
     dense = [r for r in out["runs"] if r["method"] == "dense"]
     out["dense_acc"] = dense[0]["test_acc"] if dense else None
     return out
+
+
+def _median_speed(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch's figures over the rounds: the median of each (the round-by-round speedups kept)."""
+    med = {k: statistics.median(r[k] for r in per_round)
+           for k in ("dense_ms", "folded_ms", "sparse_ms", "speedup", "speedup_vs_folded")}
+    med["n_sparse"] = per_round[0]["n_sparse"]
+    med["speedup_rounds"] = [r["speedup"] for r in per_round]
+    return med
 
 
 def format_gsl_table(res: dict[str, Any]) -> str:
@@ -99,5 +118,7 @@ def format_gsl_table(res: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"speedup: end to end over the dense torch model (in brackets: over the same model with BN "
                  f"folded, no sparse kernels); sparsecnn.sparsify(policy={res['policy']}), {res.get('threads')} "
-                 f"threads, median of {res['repeats']}, isa {res.get('isa')}")
+                 f"threads, median of {res['repeats']}"
+                 + (f", median over {res['rounds']} rounds" if res.get("rounds", 1) > 1 else "")
+                 + f", isa {res.get('isa')}")
     return "\n".join(lines)
