@@ -27,8 +27,20 @@ ROW_KEYS = {
 META_KEYS = {"cpu", "isa", "torch", "threads", "sgemm_gflops", "repeats", "set"}
 
 
+def _require_pruned() -> None:
+    """Skip when the pruned weights (../shared/data/pruned or $SPARSECNN_PRUNED_DIR) are absent:
+    the layer sets take their shapes and masks from them."""
+    from sparsecnn.models.pruned import pruned_dir
+
+    try:
+        pruned_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"pruned weights not available: {e}")
+
+
 @pytest.fixture(scope="module")
 def quick_result():
+    _require_pruned()
     return run_layer_bench("sweep", batches=(1,), densities=(0.1, 0.6), quick=True,
                            layers=["caffenet.conv5"], threads=1, progress=False)
 
@@ -77,6 +89,7 @@ def test_bad_arguments():
 def test_cuda_errors_clearly(monkeypatch):
     import torch
 
+    _require_pruned()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         run_layer_bench("sweep", densities=(0.1,), batches=(1,), layers=["conv5"], device="cuda", progress=False)
@@ -104,6 +117,7 @@ def _cli_cmd() -> list[str]:
 
 
 def test_cli_layers_json():
+    _require_pruned()
     env = dict(os.environ, PYTHONPATH=str(SRC))
     cmd = _cli_cmd() + ["layers", "--set", "caffenet", "--quick", "--json", "-"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -119,6 +133,7 @@ def test_cli_layers_json():
 
 
 def test_cli_error_is_one_line(capsys):
+    _require_pruned()
     rc = bench_cli.main(["layers", "--set", "caffenet", "--weights", "no_such_set", "--quick", "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err

@@ -150,7 +150,7 @@ def _check(x: torch.Tensor, values: torch.Tensor, weight_shape: Sequence[int], g
         raise TypeError(f"sparse_conv2d: input must be float32, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"sparse_conv2d: input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.device != values.device:
+    if not (x.is_cpu and values.is_cpu) and x.device != values.device:  # (is_cpu is 4x cheaper than .device)
         raise ValueError(f"sparse_conv2d: input is on {x.device} but the weight is on {values.device}")
     if len(weight_shape) != 4:
         raise ValueError(f"sparse_conv2d: weight shape must be (O, C/groups, kh, kw), got {list(weight_shape)}")
@@ -250,7 +250,7 @@ def eager_cpu_call(*tensors: torch.Tensor | None) -> bool:
     for t in tensors:
         if t is None:
             continue
-        if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu" or (grad and t.requires_grad):
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or not t.is_cpu or (grad and t.requires_grad):
             return False
     return True
 

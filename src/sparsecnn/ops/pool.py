@@ -89,7 +89,7 @@ max_pool2d_op.register_autograd(_pool_backward, setup_context=_pool_setup)
 
 def call_max_pool2d(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
     """Max pooling: the compiled kernel for CPU float32 input, torch's ``F.max_pool2d`` otherwise."""
-    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4 and x.device.type == "cpu"):
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu):
         return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
     if eager_cpu_call(x):
         return _max_pool2d_cpu(x, kernel, stride, padding, ceil_mode)
@@ -136,7 +136,7 @@ local_response_norm_op.register_autograd(_lrn_backward, setup_context=_lrn_setup
 
 def call_local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """LRN across channels: the compiled kernel for 4-D CPU float32 input, torch's otherwise."""
-    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4 and x.device.type == "cpu"):
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu):
         return F.local_response_norm(x, size, alpha, beta, k)
     if eager_cpu_call(x):
         return _lrn_cpu(x, size, alpha, beta, k)
