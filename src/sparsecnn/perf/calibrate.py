@@ -14,7 +14,8 @@ Steps (about 25-45 s, ``quick=True`` about 10 s):
 
 Cache file: ``<dir>/perf-<key>.json``, ``<dir>`` = ``$SPARSECNN_CACHE_DIR`` or
 ``$XDG_CACHE_HOME/sparsecnn`` or ``~/.cache/sparsecnn``; ``<key>`` hashes CPU
-model, ISA, threads and library version (also stored in the file and re-checked).
+model, ISA, threads, library version and the compiled core's build (also stored in the file
+and re-checked).
 
 Example:
     >>> from sparsecnn.perf.calibrate import cache_path
@@ -57,10 +58,11 @@ def cache_dir() -> Path:
 
 
 def key_fields(threads: int | None = None) -> dict[str, Any]:
-    """The identity a cached calibration must match: cpu, isa, threads, version, schema."""
+    """The identity a cached calibration must match: cpu, isa, threads, version, the compiled
+    core's build (:func:`probe.core_fingerprint`), schema."""
     return {"cpu": probe.cpu_model(), "isa": probe.active_isa(),
             "threads": probe.num_threads(threads), "version": probe.library_version(),
-            "schema": SCHEMA_VERSION}
+            "core": probe.core_fingerprint(), "schema": SCHEMA_VERSION}
 
 
 def cache_key(threads: int | None = None) -> str:

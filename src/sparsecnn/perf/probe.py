@@ -16,11 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -150,6 +153,21 @@ def library_version() -> str:
         import sparsecnn
 
         return str(getattr(sparsecnn, "__version__", "unknown"))
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def core_fingerprint() -> str:
+    """First 12 hex digits of the SHA-1 of the compiled core's file ('unknown' without it).
+
+    Part of the calibration cache key: a rebuilt kernel (same version number, e.g. a developer's
+    checkout) must not be priced with the constants of the previous build.
+    """
+    try:
+        from sparsecnn import _core
+
+        return hashlib.sha1(Path(_core.__file__).read_bytes()).hexdigest()[:12]
     except Exception:  # noqa: BLE001
         return "unknown"
 

@@ -278,7 +278,7 @@ def plot_density(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 2) + 1.8, 3.6))  # + the legend on the right
     xs = np.arange(len(rows))
     for i, r in enumerate(rows):
         be, sat = r.get("breakeven_density"), r.get("saturation_density")
@@ -289,13 +289,18 @@ def plot_density(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
     colors = {"excluded": "tab:gray", "restored": "tab:orange", "saturated": "tab:purple"}
     ax.bar(xs, [r["density"] for r in rows], width=0.5,
            color=[colors.get(r.get("state", ""), "tab:blue") for r in rows])
+    from matplotlib.patches import Patch
+
+    names = {"excluded": "excluded (no speedup)", "restored": "restored (dense)", "saturated": "stopped (saturated)"}
+    handles = ax.get_legend_handles_labels()[0] + [  # one entry per layer state shown
+        Patch(color=colors.get(st, "tab:blue"), label=names.get(st, st or "pruned"))
+        for st in sorted({r.get("state") or "" for r in rows})]
     ax.set_yscale("log")
     ax.set_ylim(1e-3, 1.2)
     ax.set_xticks(xs, [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("non-zero density")
     ax.set_title(title, fontsize=9)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=8, loc="lower left")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
