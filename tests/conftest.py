@@ -27,6 +27,20 @@ if importlib.util.find_spec("sparsecnn") is None and str(_SRC) not in sys.path:
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_perf_cache(tmp_path_factory):
+    """Calibrations made by tests go to a directory of the session, not the user's cache: one
+    taken under pytest's load would otherwise drive the user's next sparsify/GSL decisions."""
+    old = os.environ.get("SPARSECNN_CACHE_DIR")
+    os.environ["SPARSECNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("perf-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPARSECNN_CACHE_DIR", None)
+    else:
+        os.environ["SPARSECNN_CACHE_DIR"] = old
+
+
 import sparsecnn.ops as ops  # noqa: E402
 
 settings.register_profile(
