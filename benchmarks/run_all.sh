@@ -34,20 +34,16 @@ for set in caffenet resnet50; do
 done
 step $OUT/layers_sweep.txt "$PY" -m sparsecnn.cli bench layers --set sweep --batch 1 16 --repeats 11 --threads 2 \
   --max-time 1.0 --no-lowered --no-progress --json $OUT/layers_sweep.json
+# Each model three times: every layer sparse, layers chosen by timing, and every layer sparse with
+# glibc's malloc told to keep freed memory (no mmap/munmap per large tensor): on this VM a page
+# fault costs ~1 us, and a fresh 51 MB activation ~11 ms, for dense and sparse alike.
 for m in "resnet50 resnet50_dlmc_magnitude_pruning_0.9" "caffenet caffenet_l1_acc56.3"; do
   set -- $m
-  step $OUT/model_$1.txt "$PY" -m sparsecnn.cli bench model $1 --weights $2 --batch 1 16 --repeats 15 \
-    --threads 2 --json $OUT/model_$1.json
-  step $OUT/model_$1_measure.txt "$PY" -m sparsecnn.cli bench model $1 --weights $2 --batch 1 16 --repeats 15 \
-    --threads 2 --policy measure --json $OUT/model_$1_measure.json
-done
-# The same with glibc's malloc told to keep freed memory (no mmap/munmap per large tensor): on
-# this VM a page fault costs ~1 us, and a fresh 51 MB activation ~11 ms, for dense and sparse alike.
-for m in "resnet50 resnet50_dlmc_magnitude_pruning_0.9" "caffenet caffenet_l1_acc56.3"; do
-  set -- $m
+  bench_model=("$PY" -m sparsecnn.cli bench model $1 --weights $2 --batch 1 16 --repeats 15 --threads 2)
+  step $OUT/model_$1.txt "${bench_model[@]}" --json $OUT/model_$1.json
+  step $OUT/model_$1_measure.txt "${bench_model[@]}" --policy measure --json $OUT/model_$1_measure.json
   MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456 \
-    step $OUT/model_$1_malloc.txt "$PY" -m sparsecnn.cli bench model $1 --weights $2 --batch 1 16 --repeats 15 \
-    --threads 2 --json $OUT/model_$1_malloc.json
+    step $OUT/model_$1_malloc.txt "${bench_model[@]}" --json $OUT/model_$1_malloc.json
 done
 run "$PY" benchmarks/file_size.py > $OUT/file_size.txt
 step $OUT/perf_caffenet_b1.txt "$PY" -m sparsecnn.cli model caffenet --batch 1 --recalibrate --threads 2

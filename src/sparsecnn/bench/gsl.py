@@ -56,23 +56,22 @@ def run_gsl_table(runs_dir: str | Path, batches: Sequence[int] = (1, 16), repeat
     rounds = max(1, int(rounds))
     out: dict[str, Any] = {"runs_dir": str(root), "policy": policy, "repeats": repeats, "rounds": rounds, "runs": []}
     dirs = _runs(root)
+    reports = {d.name: json.loads((d / "report.json").read_text(encoding="utf-8")) for d in dirs}
     benches: dict[str, list[dict[str, Any]]] = {d.name: [] for d in dirs}
     for k in range(rounds):
         for d in dirs:
-            cfg = json.loads((d / "report.json").read_text(encoding="utf-8")).get("config", {})
+            cfg = reports[d.name].get("config", {})
             log.info("measuring %s (%s), round %d/%d", d.name, cfg.get("method"), k + 1, rounds)
             benches[d.name].append(run_model_bench(cfg.get("model", "fmnist_vgg"), weights=str(d / "model_pruned.pt"),
                                                    batches=batches, repeats=repeats, threads=threads, policy=policy))
     for d in dirs:
-        rep = json.loads((d / "report.json").read_text(encoding="utf-8"))
-        cfg = rep.get("config", {})
-        final = rep.get("final", {})
-        model = cfg.get("model", "fmnist_vgg")
+        cfg = reports[d.name].get("config", {})
+        final = reports[d.name].get("final", {})
         bench = benches[d.name][0]
         out["threads"] = bench["threads"]
         out["isa"] = bench["isa"]
         out["runs"].append({
-            "name": d.name, "method": cfg.get("method"), "model": model,
+            "name": d.name, "method": cfg.get("method"), "model": cfg.get("model", "fmnist_vgg"),
             "config": {k: cfg.get(k) for k in ("epochs", "lr", "lam", "final_sparsity", "c_rate", "pretrained",
                                                "fc_multiplier", "infer_batch")},
             "test_acc": final.get("test_acc"), "overall_density": final.get("overall_density"),

@@ -6,8 +6,8 @@ Steps (about 25-45 s, ``quick=True`` about 10 s):
    far bigger than L3 / fitting L3, ``B_copy``: STREAM copy (DRAM).
 2. Time ``sparsecnn.sparse_conv2d`` and ``F.conv2d`` interleaved (:func:`time_interleaved`)
    on synthetic layers shaped like the targets, 2 densities, batch 1 to 16 (both kernels),
-   and fit ``tau_fma``, ``tau_lanes``, ``tau_visit``, ``tau_epi``, ``t0``, ``B_copy`` and
-   ``B_copy_llc`` of
+   and fit ``tau_fma``, ``tau_lanes``, ``tau_direct``, ``tau_visit``, ``tau_epi``, ``gamma``,
+   ``t0``, ``B_copy`` and ``B_copy_llc`` of
    :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Nelder-Mead, no scipy needed);
    ``b`` is fixed at 1.5.
 3. Fit the fallback dense roof ``F_conv = F_conv_max * C / (C + C_half)`` on the dense times.

@@ -286,15 +286,14 @@ def plot_density(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
             ax.fill_between([i - 0.45, i + 0.45], sat, be, color="tab:green", alpha=0.25, lw=0,
                             label="useful range" if i == 0 or "useful range" not in
                             ax.get_legend_handles_labels()[1] else None)
-    colors = {"excluded": "tab:gray", "restored": "tab:orange", "saturated": "tab:purple"}
-    ax.bar(xs, [r["density"] for r in rows], width=0.5,
-           color=[colors.get(r.get("state", ""), "tab:blue") for r in rows])
     from matplotlib.patches import Patch
 
+    colors = {"excluded": "tab:gray", "restored": "tab:orange", "saturated": "tab:purple"}
     names = {"excluded": "excluded (no speedup)", "restored": "restored (dense)", "saturated": "stopped (saturated)"}
+    states = [r.get("state") or "" for r in rows]
+    ax.bar(xs, [r["density"] for r in rows], width=0.5, color=[colors.get(st, "tab:blue") for st in states])
     handles = ax.get_legend_handles_labels()[0] + [  # one entry per layer state shown
-        Patch(color=colors.get(st, "tab:blue"), label=names.get(st, st or "pruned"))
-        for st in sorted({r.get("state") or "" for r in rows})]
+        Patch(color=colors.get(st, "tab:blue"), label=names.get(st, st or "pruned")) for st in sorted(set(states))]
     ax.set_yscale("log")
     ax.set_ylim(1e-3, 1.2)
     ax.set_xticks(xs, [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
