@@ -274,6 +274,8 @@ def test_caffenet_pruned_layers_batch_lanes(isa, layer):
     (18, 3, 3, 11, 5, 4, 2, 3, True),      # dilation, depthwise-like groups, remainder of 2 images
     (16, 2, 4, 5, 1, 1, 1, 1, False),      # 1x1 with padding
     (16, 3, 2, 3, 3, 0, 1, 1, True),       # a single output pixel per image
+    (16, 3, 4, 14, 3, 1, 1, 1, True),      # rows of 17 pixels: one tile per row, two transposes
+    (16, 2, 3, 8, 3, 1, 1, 1, False),      # 56 + 3 = 59 wide rows: three chunks of 19-20 pixels
 ])
 def test_batch_lanes_shapes(isa, n, c, o, hw, k, pad, dil, groups, relu):
     gen = torch.Generator().manual_seed(n * 100 + c)
@@ -285,6 +287,20 @@ def test_batch_lanes_shapes(isa, n, c, o, hw, k, pad, dil, groups, relu):
         with num_threads(threads):
             y = sparse_conv2d(x, sw, b, padding=pad, dilation=dil, relu=relu)
         assert_close(y, unfold_ref(x, wd, b, padding=pad, dilation=dil, groups=groups, relu=relu))
+
+
+@pytest.mark.parametrize("width", [17, 27, 59])
+def test_batch_lanes_wide_rows_with_residual(isa, width):
+    """Rows wider than one transpose (P > W) store in groups of W, residual and ReLU fused."""
+    gen = torch.Generator().manual_seed(width)
+    wd = random_weight((6, 4, 3, 3), 0.3, gen)
+    sw = SparseWeight.from_dense(wd)
+    x = torch.randn(16, 4, 5, width, generator=gen)
+    b = torch.randn(6, generator=gen)
+    res = torch.randn(16, 6, 5, width, generator=gen)
+    with num_threads(2):
+        y = sparse_conv2d(x, sw, b, padding=1, relu=True, residual=res)
+    assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1) + res.double()))
 
 
 def test_batch_lanes_switch_gives_same_results(tmp_path):

@@ -6,8 +6,9 @@
 // output pixel (oy, ox) of the tile, the vector at (c, oy + r, ox + s): every load is aligned,
 // no lane is wasted on the widened row ends of the per-image kernel (19% of the work on 13x13
 // maps, 16% on 27x27) and no column-shifted replicas are copied. A tile is R output rows x P
-// output pixels of a row (R * P accumulators); the epilogue transposes the P x W results so
-// each image's P outputs are stored contiguously with bias, residual and ReLU fused.
+// output pixels of a row (R * P accumulators; P > W only for single-row tiles); the epilogue
+// transposes the results in groups of W pixels so each image's outputs of a row are stored
+// contiguously with bias, residual and ReLU fused.
 //
 // Included by each ISA translation unit inside an anonymous namespace after V is defined
 // (needs the conv helpers and V::transpose).
@@ -25,14 +26,14 @@ void lanes_rows(const LaneTile& t) {
   const float* in = t.in;
   const int64_t rs = t.row_stride;  // floats between consecutive plane rows
   const int64_t plane = t.oh * t.ow;
-  const auto pmask = V::tail_mask(P);
+  const auto pmask = V::tail_mask(P < W ? P : W);
   const bool relu_first = t.relu && !t.residual;  // ReLU commutes with the transpose
 
   for (int64_t m = t.row0; m < t.row1; ++m) {
     T acc[R][P];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int p = 0; p < P; ++p) acc[r][p] = V::zero();
     // Offsets are looked up two nonzeros ahead: the column -> table -> address chain then
     // overlaps earlier FMAs instead of delaying this nonzero's loads (+5-9 % on CaffeNet conv3
@@ -48,35 +49,42 @@ void lanes_rows(const LaneTile& t) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const float* q = base + r * rs;
-#pragma GCC unroll 16
+#pragma GCC unroll 32
         for (int p = 0; p < P; ++p) acc[r][p] = V::fma(w, V::load(q + p * W), acc[r][p]);
       }
     }
     // Epilogue in registers: the bias (one per output channel, so the same in every lane) and
-    // a ReLU go in before the transpose; after it, vector l holds image l's P outputs.
+    // a ReLU go in before the transpose; after it, vector l holds image l's pixels of a group
+    // of up to W (a row of P > W pixels is transposed in groups of W).
     const T vb = V::bcast(t.bias ? t.bias[m] : 0.0f);
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      T v[W];
+#pragma GCC unroll 2
+      for (int p0 = 0; p0 < P; p0 += W) {
+        const int n = P - p0 < W ? P - p0 : W;
+        const auto mask = n == P ? pmask : V::tail_mask(n);
+        T v[W];
 #pragma GCC unroll 16
-      for (int p = 0; p < W; ++p) {
-        if (p < P) {
-          v[p] = V::add(acc[r][p], vb);
-          if (relu_first) v[p] = V::max(V::zero(), v[p]);
-        } else {
-          v[p] = V::zero();
+        for (int p = 0; p < W; ++p) {
+          if (p < n) {
+            v[p] = V::add(acc[r][p0 + p], vb);
+            if (relu_first) v[p] = V::max(V::zero(), v[p]);
+          } else {
+            v[p] = V::zero();
+          }
         }
-      }
-      V::transpose(v);
-      const int64_t pix = (t.oy0 + r) * t.ow + t.ox0;
+        V::transpose(v);
+        const int64_t pix = (t.oy0 + r) * t.ow + t.ox0 + p0;
 #pragma GCC unroll 16
-      for (int l = 0; l < W; ++l) {
-        const int64_t o = ((t.img0 + l) * t.out_channels + m) * plane + pix;
-        T y = v[l];
-        if (t.residual) {
-          y = V::add(y, V::load_inside(t.residual + o, pmask, t.residual, t.residual_end));
-          if (t.relu) y = V::max(V::zero(), y);
+        for (int l = 0; l < W; ++l) {
+          const int64_t o = ((t.img0 + l) * t.out_channels + m) * plane + pix;
+          T y = v[l];
+          if (t.residual) {
+            y = V::add(y, V::load_inside(t.residual + o, mask, t.residual, t.residual_end));
+            if (t.relu) y = V::max(V::zero(), y);
+          }
+          V::store_tail(t.out + o, y, mask);
         }
-        V::store_tail(t.out + o, y, pmask);
       }
     }
   }
@@ -90,8 +98,9 @@ void lanes_entry(const LaneTile& t) {
     lanes_rows<V, R, P, int32_t>(t);
 }
 
-// Only the (R, P) pairs that fit the register file and one transpose (P <= W) exist.
-template <class V, int R, int P, bool Fits = (R * P <= V::MAX_ACC && P <= V::W)>
+// Only the (R, P) pairs that fit the register file exist; rows of more than W pixels (one
+// transpose) only as single-row tiles.
+template <class V, int R, int P, bool Fits = (R * P <= V::MAX_ACC && (P <= V::W || R == 1))>
 struct LanesEntry {
   static constexpr void (*fn)(const LaneTile&) = &lanes_entry<V, R, P>;
 };
@@ -104,9 +113,18 @@ template <class V>
 void lanes_tile(const LaneTile& t) {
   using Fn = void (*)(const LaneTile&);
   static const Fn table[4][16] = SCNN_KERNEL_TABLE(LanesEntry, V);
-  if (t.rows < 1 || t.rows > 4 || t.pixels < 1 || t.pixels > 16 || !table[t.rows - 1][t.pixels - 1])
-    throw std::logic_error("sparsecnn: internal error: bad batch-lanes tile plan");
-  table[t.rows - 1][t.pixels - 1](t);
+  // single rows of 17..32 pixels (only up to MAX_ACC are instantiated)
+  static const Fn wide[16] = {LanesEntry<V, 1, 17>::fn, LanesEntry<V, 1, 18>::fn, LanesEntry<V, 1, 19>::fn,
+                              LanesEntry<V, 1, 20>::fn, LanesEntry<V, 1, 21>::fn, LanesEntry<V, 1, 22>::fn,
+                              LanesEntry<V, 1, 23>::fn, LanesEntry<V, 1, 24>::fn, LanesEntry<V, 1, 25>::fn,
+                              LanesEntry<V, 1, 26>::fn, LanesEntry<V, 1, 27>::fn, LanesEntry<V, 1, 28>::fn,
+                              LanesEntry<V, 1, 29>::fn, LanesEntry<V, 1, 30>::fn, LanesEntry<V, 1, 31>::fn,
+                              LanesEntry<V, 1, 32>::fn};
+  Fn fn = nullptr;
+  if (t.rows >= 1 && t.rows <= 4 && t.pixels >= 1 && t.pixels <= 16) fn = table[t.rows - 1][t.pixels - 1];
+  if (t.rows == 1 && t.pixels > 16 && t.pixels <= 32) fn = wide[t.pixels - 17];
+  if (!fn) throw std::logic_error("sparsecnn: internal error: bad batch-lanes tile plan");
+  fn(t);
 }
 
 // Lays out one channel of a block of W images (stride 1, contiguous rows): plane row i, column
