@@ -328,3 +328,26 @@ def test_quick_calibration_end_to_end(tmp_path, monkeypatch):
     again = PerfModel.load_or_calibrate(quick=True)  # from the cache, no recalibration
     assert (again.tau_fma, again.tau_lanes, again.b, again.t0, again.machine) == (
         m.tau_fma, m.tau_lanes, m.b, m.t0, m.machine)
+
+
+def test_validation_summary_scores_breakeven_bias():
+    """Measured times 10 % above the model's: the measured break-even lies below the predicted
+    one, inside the useful range, and the summary reports the ratio's bias."""
+    from sparsecnn.models.pruned import pruned_dir
+    from sparsecnn.perf.validate import DENSITIES, ValPoint, summarize, validation_layers
+
+    try:
+        pruned_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"pruned weights not available: {e}")
+    spec = next(s for _, s, _ in validation_layers() if s.name == "caffenet.conv3")
+    m = _model(visit_slots=3.0, epi_slots=20.0, threads=2)
+    pts = []
+    for x in DENSITIES + (0.8, 1.0):
+        p = m.predict(spec, x, 1)
+        pts.append(ValPoint(spec.name, 1, x, "random", p.t_dense, 1.1 * p.t_sparse, p.t_dense, p.t_sparse, p.bound))
+    s = summarize(m, pts)
+    (layer,) = s["layers"]
+    assert layer["flag"] == "" and layer["brackets"]
+    assert s["median_abs_err"] == pytest.approx(0.1, rel=1e-6)
+    assert s["breakeven_ratio_mean"] > 1.0 and s["breakeven_within_15"] == 1.0

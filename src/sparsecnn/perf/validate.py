@@ -35,7 +35,9 @@ __all__ = ["ValPoint", "validation_layers", "run_validation", "measured_breakeve
 
 log = logging.getLogger(__name__)
 
-DENSITIES: tuple[float, ...] = (0.03, 0.06, 0.1, 0.2, 0.4, 0.6)
+#: 0.3 and 0.5 place points around the break-evens (0.3-0.6): the measured break-even is
+#: interpolated between neighbours, so a coarse grid adds its own error to the comparison
+DENSITIES: tuple[float, ...] = (0.03, 0.06, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 BATCHES: tuple[int, ...] = (1, 16)
 CAFFENET_SET = "caffenet_l1_acc56.3"
 RESNET_SET = "resnet50_dlmc_magnitude_pruning_0.8"
@@ -211,6 +213,12 @@ def summarize(model: PerfModel, points: list[ValPoint]) -> dict[str, Any]:
                               "pred_range": ur, "brackets": ok,
                               "pred_breakeven_ratio": (ur[0] / be if ur and not flag else None)})
     out["all_bracket"] = all(l["brackets"] for l in out["layers"])
+    # predicted / measured break-even where the measured speedup crosses 1 inside the grid:
+    # the bias (mean) and spread (median |r - 1|) of the model's lower bound of sparsity
+    ratios = [l["pred_breakeven_ratio"] for l in out["layers"] if l["pred_breakeven_ratio"]]
+    out["breakeven_ratio_mean"] = statistics.fmean(ratios) if ratios else math.nan
+    out["breakeven_ratio_median_abs_err"] = statistics.median(abs(r - 1) for r in ratios) if ratios else math.nan
+    out["breakeven_within_15"] = sum(abs(r - 1) <= 0.15 for r in ratios) / len(ratios) if ratios else math.nan
     return out
 
 
@@ -232,7 +240,11 @@ def format_report(points: list[ValPoint], summary: dict[str, Any]) -> str:
     lines += ["", f"points: {summary['n']}, median |pred/meas - 1| = {summary['median_abs_err'] * 100:.1f} %, "
               f"within 25 %: {summary['within_25'] * 100:.0f} %, max: {summary['max_abs_err'] * 100:.0f} %, "
               f"useful range brackets measured break-even for all layers: "
-              f"{'yes' if summary['all_bracket'] else 'no'}"]
+              f"{'yes' if summary['all_bracket'] else 'no'} "
+              f"({sum(l['brackets'] for l in summary['layers'])} of {len(summary['layers'])}); "
+              f"predicted / measured break-even: mean {summary['breakeven_ratio_mean']:.3f}, "
+              f"median |r - 1| {summary['breakeven_ratio_median_abs_err'] * 100:.1f} %, "
+              f"within 15 %: {summary['breakeven_within_15'] * 100:.0f} %"]
     return "\n".join(lines)
 
 
