@@ -8,7 +8,7 @@ Steps (about 25-45 s, ``quick=True`` about 10 s):
    on synthetic layers shaped like the targets, 2 densities, batch 1 to 16 (both kernels),
    and fit ``tau_fma``, ``tau_lanes``, ``tau_direct``, ``tau_visit``, ``tau_epi``, ``gamma``,
    ``t0``, ``B_copy`` and ``B_copy_llc`` of
-   :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Nelder-Mead, no scipy needed);
+   :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Levenberg-Marquardt, no scipy needed);
    ``b`` is fixed at 1.5.
 3. Fit the fallback dense roof ``F_conv = F_conv_max * C / (C + C_half)`` on the dense times.
 
@@ -132,7 +132,7 @@ def load_or_calibrate(recalibrate: bool = False, threads: int | None = None,
 # ---------------------------------------------------------------------- fitting helper
 def nelder_mead(f: Callable[[np.ndarray], float], x0: Sequence[float], step: float = 0.5,
                 iters: int = 400, tol: float = 1e-10) -> np.ndarray:
-    """Minimise ``f`` with a plain Nelder-Mead simplex (enough for 2-4 parameters).
+    """Minimise ``f`` with a plain Nelder-Mead simplex (the 2-parameter dense-roof fit).
 
     Example:
         >>> nelder_mead(lambda p: (p[0] - 1) ** 2 + (p[1] + 2) ** 2, [0, 0]).round(3).tolist()
