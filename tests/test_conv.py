@@ -275,7 +275,7 @@ def test_caffenet_pruned_layers_batch_lanes(isa, layer):
     (16, 2, 4, 5, 1, 1, 1, 1, False),      # 1x1 with padding
     (16, 3, 2, 3, 3, 0, 1, 1, True),       # a single output pixel per image
     (16, 3, 4, 14, 3, 1, 1, 1, True),      # rows of 17 pixels: one tile per row, two transposes
-    (16, 2, 3, 8, 3, 1, 1, 1, False),      # 56 + 3 = 59 wide rows: three chunks of 19-20 pixels
+    (16, 2, 3, 56, 3, 1, 1, 1, False),     # 56 + 3 = 59 wide rows: three chunks of 19-20 pixels
 ])
 def test_batch_lanes_shapes(isa, n, c, o, hw, k, pad, dil, groups, relu):
     gen = torch.Generator().manual_seed(n * 100 + c)

@@ -188,16 +188,13 @@ def robust_least_squares(residuals: Callable[[np.ndarray], np.ndarray], x0: Sequ
     """
     x = np.asarray(x0, float).copy()
 
-    def weighted(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return residuals(x) * w
-
     def loss(r: np.ndarray) -> float:
         d = r[:n_data] / scale
         return float(np.sum(np.sqrt(1.0 + d * d) - 1.0) + 0.5 * np.sum((r[n_data:] / scale) ** 2))
 
     r = residuals(x)
     cur = loss(r)
-    lam = 1e-3
+    lam, done = 1e-3, False
     for _ in range(iters):
         # soft-L1 as weighted least squares: d(loss)/dr = w^2 r / scale^2 with
         # w^2 = 1 / sqrt(1 + (r / scale)^2) on the data rows
@@ -209,7 +206,7 @@ def robust_least_squares(residuals: Callable[[np.ndarray], np.ndarray], x0: Sequ
         for k in range(len(x)):
             xk = x.copy()
             xk[k] += h
-            jac[:, k] = (weighted(xk, w) - rw) / h
+            jac[:, k] = (residuals(xk) * w - rw) / h
         jtj, jtr = jac.T @ jac, jac.T @ rw
         improved = False
         while lam < 1e12:
