@@ -169,7 +169,10 @@ void test_conv_random(const char* isa) {
     if (k.h + k.pt + k.pb < k.dh * (k.kh - 1) + 1) k.h = k.dh * (k.kh - 1) + 1;
     if (k.w + k.pl + k.pr < k.dw * (k.kw - 1) + 1) k.w = k.dw * (k.kw - 1) + 1;
     if (it % 7 == 0) { k.kh = k.kw = 1; k.sh = k.sw = 1; k.pt = k.pb = k.pl = k.pr = 0; }  // direct path
-    if (k.n >= 16 && it % 12 == 4) k.sh = k.sw = 1;  // surely the batch-lanes kernel
+    if (k.n >= 16 && it % 12 == 4) {  // surely the batch-lanes kernel, rows wider than a transpose
+      k.sh = k.sw = 1;
+      k.w = pick(17, 40);
+    }
     k.bias = it % 2; k.relu = it % 3 == 0; k.channels_last = it % 5 == 1; k.use16 = it % 4 != 3;
     k.residual = it % 4 == 1;
     k.density = densities[it % 5];
