@@ -113,6 +113,8 @@ struct LanesPlan {
   int64_t plane;         // floats per channel
   int rows_max;          // R: output rows per tile
   int64_t nxc;           // pixel chunks per output row
+  int64_t chunk_ch;      // input channels per chunk (see conv_lanes.cpp)
+  int nchunks;           // chunks per group (1: none)
 };
 
 // The images of the call the batch-lanes kernel takes (whole blocks of W), or 0 (see conv_lanes.cpp).

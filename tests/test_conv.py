@@ -303,6 +303,41 @@ def test_batch_lanes_wide_rows_with_residual(isa, width):
     assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1) + res.double()))
 
 
+@pytest.mark.parametrize("density, groups", [(0.6, 1), (1.0, 2)])
+def test_batch_lanes_input_channel_chunks(isa, density, groups):
+    """Dense enough rows over many channels: the planner sweeps the input in L1-sized channel
+    chunks, partial sums kept between them (csrc/conv_lanes.cpp); results as without."""
+    gen = torch.Generator().manual_seed(int(density * 10) + groups)
+    wd = random_weight((24 * groups, 64, 3, 3), density, gen)
+    sw = SparseWeight.from_dense(wd, groups=groups)
+    x = torch.randn(16, 64 * groups, 13, 13, generator=gen)
+    b = torch.randn(24 * groups, generator=gen)
+    res = torch.randn(16, 24 * groups, 13, 13, generator=gen)
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(x, sw, b, padding=1, relu=True, residual=res)
+        assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1, groups=groups) + res.double()))
+
+
+def test_batch_lanes_chunk_switch_gives_same_results(tmp_path):
+    """SPARSECNN_LANES_CHUNK forces channel chunks (here 3 channels) or none (0): same output."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch, sparsecnn\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "w = torch.randn(8, 10, 3, 3, generator=g) * (torch.rand(8, 10, 3, 3, generator=g) < 0.3)\n"
+        "x = torch.randn(16, 10, 12, 12, generator=g)\n"
+        "torch.save(sparsecnn.sparse_conv2d(x, sparsecnn.SparseWeight.from_dense(w), padding=1), sys.argv[1])\n"
+    )
+    outs = []
+    for flag in ("3", "0"):
+        out = tmp_path / f"y{flag}.pt"
+        env = dict(os.environ, SPARSECNN_LANES_CHUNK=flag)
+        subprocess.run([sys.executable, str(script), str(out)], check=True, env=env)
+        outs.append(torch.load(out))
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
+
+
 def test_batch_lanes_switch_gives_same_results(tmp_path):
     """SPARSECNN_BATCH_LANES=0 (per-image kernel only) and the default agree on a 16-image batch."""
     script = tmp_path / "run.py"

@@ -51,6 +51,13 @@ struct LaneTile {
   const float* bias;
   bool relu;
   int64_t img0, out_channels, oh, ow, oy0, ox0;
+  // Input-channel chunks (nchunks <= 1: none): chunk_ptr[m * (nchunks + 1) + k] is output
+  // channel m's first nonzero of chunk k; acc holds mblock x R x P vectors of partial sums
+  // (64-byte aligned).
+  int nchunks;
+  const int32_t* chunk_ptr;
+  float* acc;
+  int64_t mblock;
 };
 
 // One channel of a block of W images for the batch-lanes layout (stride 1, contiguous rows).

@@ -16,8 +16,9 @@
 
 #include "kernels/dispatch.hpp"
 
+// acc += the nonzeros [j, j1) of output channel m: R x P output vectors, one FMA per vector.
 template <class V, int R, int P, class Idx>
-void lanes_rows(const LaneTile& t) {
+inline void lanes_accumulate(const LaneTile& t, int64_t j, const int64_t j1, typename V::T (&acc)[R][P]) {
   using T = typename V::T;
   constexpr int W = V::W;
   const Idx* __restrict col = static_cast<const Idx*>(t.col);
@@ -25,65 +26,110 @@ void lanes_rows(const LaneTile& t) {
   const int32_t* __restrict table = t.table;
   const float* in = t.in;
   const int64_t rs = t.row_stride;  // floats between consecutive plane rows
-  const int64_t plane = t.oh * t.ow;
-  const auto pmask = V::tail_mask(P < W ? P : W);
-  const bool relu_first = t.relu && !t.residual;  // ReLU commutes with the transpose
-
-  for (int64_t m = t.row0; m < t.row1; ++m) {
-    T acc[R][P];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 32
-      for (int p = 0; p < P; ++p) acc[r][p] = V::zero();
-    // Offsets are looked up two nonzeros ahead: the column -> table -> address chain then
-    // overlaps earlier FMAs instead of delaying this nonzero's loads (+5-9 % on CaffeNet conv3
-    // and ResNet-50 layer4 at batch 16).
-    int64_t j = t.row_ptr[m];
-    const int64_t j1 = t.row_ptr[m + 1];
-    int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;
-    for (; j < j1; ++j) {
-      const T w = V::bcast(vals[j]);
-      const float* base = in + next;
-      next = next2;
-      if (j + 2 < j1) next2 = table[col[j + 2]];
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const float* q = base + r * rs;
-#pragma GCC unroll 32
-        for (int p = 0; p < P; ++p) acc[r][p] = V::fma(w, V::load(q + p * W), acc[r][p]);
-      }
-    }
-    // Epilogue in registers: the bias (one per output channel, so the same in every lane) and
-    // a ReLU go in before the transpose; after it, vector l holds image l's pixels of a group
-    // of up to W (a row of P > W pixels is transposed in groups of W).
-    const T vb = V::bcast(t.bias ? t.bias[m] : 0.0f);
+  // Offsets are looked up two nonzeros ahead: the column -> table -> address chain then
+  // overlaps earlier FMAs instead of delaying this nonzero's loads (+5-9 % on CaffeNet conv3
+  // and ResNet-50 layer4 at batch 16).
+  int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;
+  for (; j < j1; ++j) {
+    const T w = V::bcast(vals[j]);
+    const float* base = in + next;
+    next = next2;
+    if (j + 2 < j1) next2 = table[col[j + 2]];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
+      const float* q = base + r * rs;
+#pragma GCC unroll 32
+      for (int p = 0; p < P; ++p) acc[r][p] = V::fma(w, V::load(q + p * W), acc[r][p]);
+    }
+  }
+}
+
+// Output channel m's finished vectors to the output, bias, residual and ReLU fused: the bias
+// (one per output channel, so the same in every lane) and a ReLU go in before the transpose;
+// after it, vector l holds image l's pixels of a group of up to W (a row of P > W pixels is
+// transposed in groups of W).
+template <class V, int R, int P>
+inline void lanes_store(const LaneTile& t, int64_t m, typename V::T (&acc)[R][P]) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  const int64_t plane = t.oh * t.ow;
+  const bool relu_first = t.relu && !t.residual;  // ReLU commutes with the transpose
+  const T vb = V::bcast(t.bias ? t.bias[m] : 0.0f);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 2
-      for (int p0 = 0; p0 < P; p0 += W) {
-        const int n = P - p0 < W ? P - p0 : W;
-        const auto mask = n == P ? pmask : V::tail_mask(n);
-        T v[W];
+    for (int p0 = 0; p0 < P; p0 += W) {
+      const int n = P - p0 < W ? P - p0 : W;
+      const auto mask = V::tail_mask(n);
+      T v[W];
 #pragma GCC unroll 16
-        for (int p = 0; p < W; ++p) {
-          if (p < n) {
-            v[p] = V::add(acc[r][p0 + p], vb);
-            if (relu_first) v[p] = V::max(V::zero(), v[p]);
-          } else {
-            v[p] = V::zero();
-          }
+      for (int p = 0; p < W; ++p) {
+        if (p < n) {
+          v[p] = V::add(acc[r][p0 + p], vb);
+          if (relu_first) v[p] = V::max(V::zero(), v[p]);
+        } else {
+          v[p] = V::zero();
         }
-        V::transpose(v);
-        const int64_t pix = (t.oy0 + r) * t.ow + t.ox0 + p0;
+      }
+      V::transpose(v);
+      const int64_t pix = (t.oy0 + r) * t.ow + t.ox0 + p0;
 #pragma GCC unroll 16
-        for (int l = 0; l < W; ++l) {
-          const int64_t o = ((t.img0 + l) * t.out_channels + m) * plane + pix;
-          T y = v[l];
-          if (t.residual) {
-            y = V::add(y, V::load_inside(t.residual + o, mask, t.residual, t.residual_end));
-            if (t.relu) y = V::max(V::zero(), y);
-          }
-          V::store_tail(t.out + o, y, mask);
+      for (int l = 0; l < W; ++l) {
+        const int64_t o = ((t.img0 + l) * t.out_channels + m) * plane + pix;
+        T y = v[l];
+        if (t.residual) {
+          y = V::add(y, V::load_inside(t.residual + o, mask, t.residual, t.residual_end));
+          if (t.relu) y = V::max(V::zero(), y);
+        }
+        V::store_tail(t.out + o, y, mask);
+      }
+    }
+  }
+}
+
+// The tile, output channel by output channel. With input-channel chunks (t.nchunks > 1) the
+// input is swept a chunk at a time: the output channels of a block of t.mblock take their
+// nonzeros of one chunk while that chunk's slice of the layout stays in L1, their partial sums
+// waiting in t.acc (L1 too) between chunks. Without chunks each nonzero's R x P input vectors
+// mostly come from the L2 (the tile's input of all channels is up to 1 MB). Chunks pay only
+// when an output channel has enough nonzeros in a chunk to cover the partial sums' reload
+// and store (the planner's rule, conv_lanes.cpp).
+template <class V, int R, int P, class Idx>
+void lanes_rows(const LaneTile& t) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  T acc[R][P];
+  if (t.nchunks <= 1) {
+    for (int64_t m = t.row0; m < t.row1; ++m) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+        for (int p = 0; p < P; ++p) acc[r][p] = V::zero();
+      lanes_accumulate<V, R, P, Idx>(t, t.row_ptr[m], t.row_ptr[m + 1], acc);
+      lanes_store<V, R, P>(t, m, acc);
+    }
+    return;
+  }
+  const int nk = t.nchunks;
+  for (int64_t mb = t.row0; mb < t.row1; mb += t.mblock) {
+    const int64_t me = mb + t.mblock < t.row1 ? mb + t.mblock : t.row1;
+    for (int k = 0; k < nk; ++k) {
+      for (int64_t m = mb; m < me; ++m) {
+        const int32_t* cp = t.chunk_ptr + m * (nk + 1) + k;
+        float* s = t.acc + (m - mb) * (R * P * W);
+        if (k > 0 && k < nk - 1 && cp[0] == cp[1]) continue;  // nothing to add to the partial sums
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+          for (int p = 0; p < P; ++p) acc[r][p] = k == 0 ? V::zero() : V::load(s + (r * P + p) * W);
+        lanes_accumulate<V, R, P, Idx>(t, cp[0], cp[1], acc);
+        if (k == nk - 1) {
+          lanes_store<V, R, P>(t, m, acc);
+        } else {
+#pragma GCC unroll 4
+          for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+            for (int p = 0; p < P; ++p) V::store(s + (r * P + p) * W, acc[r][p]);
         }
       }
     }
