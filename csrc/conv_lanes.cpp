@@ -22,21 +22,21 @@ bool lanes_enabled() {
   return on;
 }
 
-// SPARSECNN_LANES_CHUNK=n forces n input channels per chunk (0: no chunks), for tests and A/B.
-int64_t chunk_override() {
+// Input-channel chunks are opt-in: SPARSECNN_LANES_CHUNK=auto (the rule below), =n (n channels
+// per chunk), unset or 0 (none). They are not on by default because the performance model
+// (sparsecnn.perf) does not price them yet: with them the kernel beats its predictions by 10-40 %
+// at batch 16 and density >= 0.4, which moves the break-even densities GSL and sparsify use.
+// Returns -1 for auto.
+int64_t chunk_setting() {
   static const int64_t v = [] {
     const char* e = std::getenv("SPARSECNN_LANES_CHUNK");
-    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(-1);
+    if (!e || !*e) return int64_t(0);
+    if (std::string(e) == "auto") return int64_t(-1);
+    return std::max<int64_t>(0, std::atoll(e));
   }();
   return v;
 }
 
-// Input-channel chunks: a chunk's slice of the layout takes at most kChunkL1 bytes and the
-// partial sums of a block of output channels kAccL1, together within the 48 KB L1. They pay
-// only when an output channel has about kChunkNnz nonzeros in a chunk: each chunk switch
-// reloads and stores R x P accumulator vectors and mispredicts a loop exit. Measured at batch
-// 16: CaffeNet conv2-5 (3-7 nonzeros per chunk) 3-80 % slower with chunks; an 11x11 layer
-// with ~12 per chunk 17 % faster.
 constexpr double kChunkL1 = 24.0 * 1024;
 constexpr double kAccL1 = 16.0 * 1024;
 constexpr double kChunkNnz = 12.0;
@@ -80,10 +80,10 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   const int64_t fits = std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
   // (conv2d_plan passes no weight: nnz 0, no chunks; the work counts do not depend on them)
   const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
-  const int64_t forced = chunk_override();
-  if (forced > 0)
-    lp->chunk_ch = std::min(forced, cg);
-  else if (forced < 0 && fits < cg && nnz_per_row * static_cast<double>(fits) / static_cast<double>(cg) >= kChunkNnz)
+  const int64_t setting = chunk_setting();
+  if (setting > 0)
+    lp->chunk_ch = std::min(setting, cg);
+  else if (setting < 0 && fits < cg && nnz_per_row * static_cast<double>(fits) / static_cast<double>(cg) >= kChunkNnz)
     lp->chunk_ch = fits;
   else
     lp->chunk_ch = cg;

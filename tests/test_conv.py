@@ -303,20 +303,40 @@ def test_batch_lanes_wide_rows_with_residual(isa, width):
     assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1) + res.double()))
 
 
-@pytest.mark.parametrize("density, groups", [(0.6, 1), (1.0, 2)])
-def test_batch_lanes_input_channel_chunks(isa, density, groups):
-    """Dense enough rows over many channels: the planner sweeps the input in L1-sized channel
-    chunks, partial sums kept between them (csrc/conv_lanes.cpp); results as without."""
-    gen = torch.Generator().manual_seed(int(density * 10) + groups)
-    wd = random_weight((24 * groups, 64, 3, 3), density, gen)
-    sw = SparseWeight.from_dense(wd, groups=groups)
-    x = torch.randn(16, 64 * groups, 13, 13, generator=gen)
-    b = torch.randn(24 * groups, generator=gen)
-    res = torch.randn(16, 24 * groups, 13, 13, generator=gen)
-    for threads in (1, 2):
-        with num_threads(threads):
-            y = sparse_conv2d(x, sw, b, padding=1, relu=True, residual=res)
-        assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1, groups=groups) + res.double()))
+def test_batch_lanes_input_channel_chunks_auto(tmp_path):
+    """SPARSECNN_LANES_CHUNK=auto: rows dense enough over many channels are swept in L1-sized
+    channel chunks, partial sums kept between them (csrc/conv_lanes.cpp); every ISA, 1 and 2
+    threads, residual and ReLU fused, against conv2d in float64."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch, sparsecnn
+        from sparsecnn import ops
+        g = torch.Generator().manual_seed(0)
+        out = {}
+        for density, groups in ((0.6, 1), (1.0, 2)):
+            w = torch.randn(24 * groups, 64, 3, 3, generator=g)
+            w = w * (torch.rand(w.shape, generator=g) < density)
+            x = torch.randn(16, 64 * groups, 13, 13, generator=g)
+            b = torch.randn(24 * groups, generator=g)
+            r = torch.randn(16, 24 * groups, 13, 13, generator=g)
+            sw = sparsecnn.SparseWeight.from_dense(w, groups=groups)
+            for isa in ("avx512", "avx2", "portable"):
+                if not ops.isa_supported(isa):
+                    continue
+                with ops.use_isa(isa):
+                    for threads in (1, 2):
+                        torch.set_num_threads(threads)
+                        y = sparsecnn.sparse_conv2d(x, sw, b, padding=1, relu=True, residual=r)
+                        out[(density, groups, isa, threads)] = (w, x, b, r, y)
+        torch.save(out, sys.argv[1])
+    """))
+    path = tmp_path / "out.pt"
+    subprocess.run([sys.executable, str(script), str(path)], check=True,
+                   env=dict(os.environ, SPARSECNN_LANES_CHUNK="auto"))
+    results = torch.load(path)
+    assert len(results) >= 4
+    for (density, groups, isa, threads), (w, x, b, r, y) in results.items():
+        assert_close(y, torch.relu(dense_ref(x, w, b, padding=1, groups=groups) + r.double()))
 
 
 def test_batch_lanes_chunk_switch_gives_same_results(tmp_path):
