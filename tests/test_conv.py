@@ -339,8 +339,12 @@ def test_batch_lanes_input_channel_chunks_auto(tmp_path):
         assert_close(y, torch.relu(dense_ref(x, w, b, padding=1, groups=groups) + r.double()))
 
 
-def test_batch_lanes_chunk_switch_gives_same_results(tmp_path):
-    """SPARSECNN_LANES_CHUNK forces channel chunks (here 3 channels) or none (0): same output."""
+@pytest.mark.parametrize("var, on, off", [
+    ("SPARSECNN_BATCH_LANES", "1", "0"),  # batch-lanes kernel vs per-image kernel only
+    ("SPARSECNN_LANES_CHUNK", "3", "0"),  # input-channel chunks of 3 channels vs none
+])
+def test_kernel_switch_gives_same_results(tmp_path, var, on, off):
+    """The environment switches of the batch-lanes kernel change the path, not the result."""
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch, sparsecnn\n"
@@ -350,29 +354,9 @@ def test_batch_lanes_chunk_switch_gives_same_results(tmp_path):
         "torch.save(sparsecnn.sparse_conv2d(x, sparsecnn.SparseWeight.from_dense(w), padding=1), sys.argv[1])\n"
     )
     outs = []
-    for flag in ("3", "0"):
+    for flag in (on, off):
         out = tmp_path / f"y{flag}.pt"
-        env = dict(os.environ, SPARSECNN_LANES_CHUNK=flag)
-        subprocess.run([sys.executable, str(script), str(out)], check=True, env=env)
-        outs.append(torch.load(out))
-    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
-
-
-def test_batch_lanes_switch_gives_same_results(tmp_path):
-    """SPARSECNN_BATCH_LANES=0 (per-image kernel only) and the default agree on a 16-image batch."""
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys, torch, sparsecnn\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "w = torch.randn(8, 6, 3, 3, generator=g) * (torch.rand(8, 6, 3, 3, generator=g) < 0.3)\n"
-        "x = torch.randn(16, 6, 12, 12, generator=g)\n"
-        "torch.save(sparsecnn.sparse_conv2d(x, sparsecnn.SparseWeight.from_dense(w), padding=1), sys.argv[1])\n"
-    )
-    outs = []
-    for flag in ("1", "0"):
-        out = tmp_path / f"y{flag}.pt"
-        env = dict(os.environ, SPARSECNN_BATCH_LANES=flag)
-        subprocess.run([sys.executable, str(script), str(out)], check=True, env=env)
+        subprocess.run([sys.executable, str(script), str(out)], check=True, env=dict(os.environ, **{var: flag}))
         outs.append(torch.load(out))
     assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
 
