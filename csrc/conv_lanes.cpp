@@ -75,18 +75,14 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
       break;
     }
   if (lp->rows_max == 0) return 0;
-  const int64_t cg = a.cin_per_group;
-  const double per_channel = 4.0 * W * (lp->rows_max + drmax) * (pbig + dqmax);
-  const int64_t fits = std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
-  // (conv2d_plan passes no weight: nnz 0, no chunks; the work counts do not depend on them)
-  const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
-  const int64_t setting = chunk_setting();
-  if (setting > 0)
-    lp->chunk_ch = std::min(setting, cg);
-  else if (setting < 0 && fits < cg && nnz_per_row * static_cast<double>(fits) / static_cast<double>(cg) >= kChunkNnz)
-    lp->chunk_ch = fits;
-  else
-    lp->chunk_ch = cg;
+  const int64_t cg = a.cin_per_group, setting = chunk_setting();
+  lp->chunk_ch = setting > 0 ? std::min(setting, cg) : cg;
+  if (setting < 0) {  // auto (conv2d_plan passes no weight: nnz 0, no chunks; its counts do not depend on them)
+    const double per_channel = 4.0 * W * (lp->rows_max + drmax) * (pbig + dqmax);
+    const int64_t fits = std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
+    const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
+    if (fits < cg && nnz_per_row * static_cast<double>(fits) / static_cast<double>(cg) >= kChunkNnz) lp->chunk_ch = fits;
+  }
   lp->nchunks = static_cast<int>((cg + lp->chunk_ch - 1) / lp->chunk_ch);
   return a.n / W * W;
 }
