@@ -158,20 +158,25 @@ def _range_str(ur: tuple[float, float] | None) -> str:
     return "-" if ur is None else f"{ur[1]:.3f}..{ur[0]:.3f}"
 
 
+def _band_str(band: tuple[float, float] | None) -> str:
+    return "-" if band is None else f"{band[0]:.3f}..{band[1]:.3f}"
+
+
 def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
     m = model.machine
     head = (f"# {m.cpu}, {m.isa}, {m.threads} threads: F={m.F / 1e9:.0f} GFLOP/s, "
             f"B_dram={m.B_dram / 1e9:.1f} GB/s, B_llc={m.B_llc / 1e9:.1f} GB/s; "
             f"a={model.a:.2f} a_lanes={model.a_lanes:.2f} b={model.b:.2f} "
-            f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; batch {batch}")
+            f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; "
+            f"fit error sigma={model.uncertainty:.3f} (b-e band: +-2 sigma); batch {batch}")
     cols = ("layer", "shape", "GFLOP", "S_A MB", "S_W MB", "density", "dense ms", "sparse ms",
-            "speedup", "useful x (sat..b-e)", "bound")
+            "speedup", "useful x (sat..b-e)", "b-e band", "bound")
     lines = [head, "  ".join(f"{c:>12}" if i else f"{c:<24}" for i, c in enumerate(cols))]
     for r in rows:
         vals = (r["layer"], r["shape"], f"{r['gflop']:.3f}", f"{r['S_A'] / 1e6:.2f}",
                 f"{r['S_W'] / 1e6:.2f}", f"{r['density']:.3f}", f"{r['t_dense'] * 1e3:.3f}",
                 f"{r['t_sparse'] * 1e3:.3f}", f"{r['speedup']:.2f}x", _range_str(r["useful_range"]),
-                r["bound"])
+                _band_str(r["breakeven_band"]), r["bound"])
         lines.append("  ".join(f"{v:>12}" if i else f"{v:<24}" for i, v in enumerate(vals)))
     td = sum(r["t_dense"] for r in rows)
     ts = sum(r["t_sparse"] for r in rows)
@@ -213,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
                      "gflop": spec.flops(batch) / 1e9, "S_A": spec.act_bytes(batch),
                      "S_W": spec.weight_bytes(), "density": x, "t_dense": p.t_dense,
                      "t_sparse": p.t_sparse, "speedup": p.speedup, "bound": p.bound,
-                     "useful_range": model.useful_range(spec, batch)})
+                     "useful_range": model.useful_range(spec, batch),
+                     "breakeven_band": model.breakeven_band(spec, batch)})
     from .calibrate import save
 
     save(model, model.machine.threads)  # keeps newly measured dense timings
@@ -221,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"network": args.network, "batch": batch, "model": {
         "a": model.a, "a_lanes": model.a_lanes, "tau_fma": model.tau_fma, "tau_lanes": model.tau_lanes,
         "tau_visit": model.tau_visit, "tau_epi": model.tau_epi, "b": model.b, "t0": model.t0, "F": model.machine.F,
-        "B_dram": model.machine.B_dram, "B_llc": model.machine.B_llc}, "layers": rows}
+        "B_dram": model.machine.B_dram, "B_llc": model.machine.B_llc,
+        "uncertainty": model.uncertainty}, "layers": rows}
 
     if args.plot:
         from .plot import plot_layers

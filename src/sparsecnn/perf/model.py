@@ -16,7 +16,8 @@ visits per nonzero, how many bytes it lays out, how many epilogues), and the mod
     t_sparse  = t_fixed + max(t_compute, t_bw)
     t_fixed   = t0                                  per call: dispatch, validation, threads
               + (layout + read + output bytes) / B_mem   the memory streams: the input laid
-                                                    out for the kernel and the fresh output;
+                                                    out for the kernel (no read for a 1x1
+                                                    layer read in place) and the fresh output;
                                                     B_mem = B_copy_llc when they fit in L3,
                                                     else B_copy
               + epilogues * tau_epi / threads       stores: bias/ReLU/residual, transposes
@@ -35,7 +36,8 @@ L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a lit
 FLOP runs. The nine constants ``tau_fma, tau_lanes, tau_direct, tau_visit, tau_epi, gamma, t0,
 B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse terms
 increase with ``x``, so the useful density range (:meth:`PerfModel.useful_range`) is found by
-bisection.
+bisection. The break-even comes with a band (:meth:`PerfModel.breakeven_band`) from the fit's own
+rms error: where the predicted speedup is ``exp(-/+ 2 sigma)``.
 
 Example:
     >>> from sparsecnn.perf import LayerSpec, PerfModel
@@ -288,15 +290,21 @@ class PerfModel:
         return spec.kernel_work(batch, self.machine.threads)
 
     def memory_time(self, spec: LayerSpec, batch: int) -> float:
-        """Time of the kernel's memory streams: the input read and the output written (at the L3
-        rate when both tensors fit in L3), and the layout written into its buffer (at the L3
-        rate when the buffers the threads fill at a time fit in L3: one block of images per
-        thread, or the whole batch)."""
+        """Time of the kernel's memory streams: the input read (not for a 1x1 layer read in
+        place, see below) and the output written (at the L3 rate when both tensors
+        fit in L3), and the layout written into its buffer (at the L3 rate when the buffers the
+        threads fill at a time fit in L3: one block of images per thread, or the whole batch)."""
         mach = self.machine
         w = self.work(spec, batch)
         llc = 0.75 * mach.l3_bytes
         tensors = w["read_bytes"] + spec.output_bytes(batch)
-        t = tensors / (mach.B_copy_llc if tensors <= llc else mach.B_copy)
+        # a 1x1 layer read in place has no layout; its one input pass is a read-only NaN/Inf scan
+        # just before the FMA loop reads the same input from cache (per image in image mode):
+        # one stream, priced by the bandwidth roof S_A / B. Pricing the scan here as well put
+        # ResNet-50 layer2.1.conv1 at batch 16 2-3x too slow (calibration rms 0.113 -> 0.102,
+        # validation within 25 %: 90 -> 96 %, on the same measurements)
+        streamed = tensors - w["read_bytes"] if w["direct"] else tensors
+        t = streamed / (mach.B_copy_llc if tensors <= llc else mach.B_copy)
         buffers = w["layout_buffer_bytes"] * (max(1, mach.threads) if w["image_mode"] else 1)
         return t + w["layout_bytes"] / (mach.B_copy_llc if buffers <= llc else mach.B_copy)
 
@@ -361,16 +369,20 @@ class PerfModel:
                 hi = mid
         return 0.5 * (lo + hi)
 
-    def breakeven_density(self, spec: LayerSpec, batch: int = 1) -> float | None:
+    def breakeven_density(self, spec: LayerSpec, batch: int = 1, target: float = 1.0) -> float | None:
         """Density where predicted speedup = 1 (paper's lower bound of sparsity), or None.
 
-        The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense`` (increasing in ``x``;
-        with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense - t_fixed``).
-        May exceed 1 (sparse faster even when dense); None when even ``x -> 0`` is not faster.
+        The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense / target`` (increasing in
+        ``x``; with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
+        - t_fixed``). ``target`` other than 1 gives the density of that predicted speedup (used
+        by :meth:`breakeven_band`). May exceed 1 (sparse faster even when dense); None when
+        even ``x -> 0`` does not reach ``target``.
         """
+        if not target > 0:
+            raise ValueError(f"target speedup must be positive, got {target}")
         t_dense = self.dense_time(spec, batch)
         t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
-        budget = t_dense - t_fixed
+        budget = t_dense / target - t_fixed
         if budget <= max(c0, b0):  # even x -> 0 is not faster than dense
             return None
 
@@ -381,6 +393,42 @@ class PerfModel:
         while excess(hi) < 0 and hi < 1e6:
             hi *= 2.0
         return self._bisect(excess, 0.0, hi) if excess(hi) >= 0 else math.inf
+
+    @property
+    def uncertainty(self) -> float:
+        """Typical relative error of a predicted time: the calibration fit's rms log error
+        (``fit_info["rms_log_error"]``), 0 for a model that was not fitted."""
+        s = self.fit_info.get("rms_log_error", 0.0) if isinstance(self.fit_info, dict) else 0.0
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            return 0.0
+        return s if math.isfinite(s) and s > 0 else 0.0
+
+    def breakeven_band(self, spec: LayerSpec, batch: int = 1, z: float = 2.0) -> tuple[float, float] | None:
+        """``(low, high)`` densities between which the true break-even lies, given the model's
+        own error: where the predicted speedup is ``exp(+z sigma)`` (low: the pessimistic edge)
+        and ``exp(-z sigma)`` (high: the optimistic edge), with ``sigma`` = :attr:`uncertainty`
+        from the calibration fit (``z = 2``: about 95 % if the errors are normal). Both capped
+        at 1; ``low`` is 0 when even the sparsest layer would not reach ``exp(z sigma)``. None
+        when even the optimistic edge never pays. With ``sigma = 0`` both equal the break-even.
+
+        Example:
+            >>> m = PerfModel.synthetic(F=1e11, B=2e10, a=3.0, b=2.0)
+            >>> m.fit_info = {"rms_log_error": 0.1}
+            >>> s = LayerSpec("c", "conv", 384, 256, (3, 3), padding=(1, 1), input_hw=(13, 13))
+            >>> lo, hi = m.breakeven_band(s, 1)
+            >>> lo < m.breakeven_density(s, 1) < hi
+            True
+        """
+        if not (math.isfinite(z) and z >= 0):
+            raise ValueError(f"z must be a finite non-negative number, got {z}")
+        spread = math.exp(z * self.uncertainty)
+        hi = self.breakeven_density(spec, batch, target=1.0 / spread)
+        if hi is None or hi <= 0:
+            return None
+        lo = self.breakeven_density(spec, batch, target=spread)
+        return (min(lo or 0.0, 1.0), min(hi, 1.0))
 
     def saturation_density(self, spec: LayerSpec, batch: int = 1) -> float:
         """Density below which pruning buys little (upper bound of useful sparsity), in [0, 1].

@@ -64,6 +64,10 @@ def plot_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int, path: 
         ax2.loglog(xs, sp, "k-", lw=2, label="model speedup")
         ax2.axhline(1.0, color="C3", lw=0.8)
         ur = model.useful_range(spec, batch)
+        band = model.breakeven_band(spec, batch)
+        if band and band[1] > band[0]:
+            ax2.axvspan(band[0], band[1], color="C4", alpha=0.12,
+                        label=f"break-even band {band[0]:.2f}..{band[1]:.2f}")
         if ur:
             for v, lab in zip(ur, ("break-even", "saturation")):
                 ax2.axvline(v, color="C4" if lab == "break-even" else "C5", ls="--", lw=1,
