@@ -22,7 +22,8 @@ struct V {
   static inline T load(const float* p) { return _mm256_load_ps(p); }  // 32-byte aligned
   static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
   // v[l] lane p <- v[p] lane l (an 8x8 transpose in registers).
-  static inline void transpose(T* v) {
+  // always_inline: called out of line, the W vectors go through the stack both ways
+  __attribute__((always_inline)) static inline void transpose(T* v) {
     T t[8];
     for (int i = 0; i < 4; ++i) {
       t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);

@@ -20,7 +20,8 @@ struct V {
   static inline T load(const float* p) { return _mm512_load_ps(p); }  // 64-byte aligned
   static inline void store(float* p, T v) { _mm512_store_ps(p, v); }
   // v[l] lane p <- v[p] lane l (a 16x16 transpose in registers: 4 rounds of shuffles).
-  static inline void transpose(T* v) {
+  // always_inline: called out of line, the W vectors go through the stack both ways
+  __attribute__((always_inline)) static inline void transpose(T* v) {
     T t[16];
     for (int i = 0; i < 8; ++i) {
       t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);

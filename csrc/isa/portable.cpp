@@ -36,7 +36,8 @@ struct V {
   }
   static inline T load(const float* p) { return loadu(p); }
   static inline void store(float* p, T v) { storeu(p, v); }
-  static inline void transpose(T* v) {
+  // always_inline: called out of line, the W vectors go through the stack both ways
+  __attribute__((always_inline)) static inline void transpose(T* v) {
     for (int l = 0; l < W; ++l)
       for (int p = l + 1; p < W; ++p) {
         const float x = v[l].v[p];
