@@ -176,3 +176,22 @@ def test_gsl_table_over_real_runs(tmp_path):
     assert "median over 3 rounds" in format_gsl_table(res3)
     with pytest.raises(FileNotFoundError):
         run_gsl_table(tmp_path / "missing")
+
+
+def test_ab_core_compares_two_loaded_builds(tmp_path, capsys):
+    """benchmarks/ab_core.py loads a core file twice side by side, checks both against conv2d
+    and reports both timings; the same build against itself gives matching results."""
+    _require_pruned()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ab_core", Path(__file__).parents[1] / "benchmarks" / "ab_core.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    core = sparsecnn._core.__file__
+    out = tmp_path / "ab.json"
+    assert ab.main([core, core, "--batch", "2", "--threads", "1", "--iters", "6", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["layers"]) == {"conv2", "conv3", "conv4", "conv5"}
+    for r in res["layers"].values():
+        assert r["old"] > 0 and r["new"] > 0 and r["dense"] > 0
+    assert res["geomean"]["old"] > 0 and "geomean speedup" in capsys.readouterr().out
