@@ -3,8 +3,9 @@
 On the shared 2-vCPU machine, timings of separate processes drift by 10-30 % while the other
 tenants come and go; two kernels run back to back in one process see the same state. This
 loads two ``_core`` extension files side by side (each under its own module object), checks
-both against ``torch.nn.functional.conv2d``, then times old, new and dense conv2d in turn (cycling through all six orders) on
-the CaffeNet conv2-5 layers with the real pruned weights (``caffenet_l1_acc56.3``).
+both against ``torch.nn.functional.conv2d``, then times old, new and dense conv2d in turn
+(cycling through all six orders) on the CaffeNet conv2-5 layers with the real pruned weights
+(``caffenet_l1_acc56.3``).
 
 Usage::
 
