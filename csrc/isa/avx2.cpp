@@ -20,6 +20,10 @@ struct V {
   static inline T bcast(float x) { return _mm256_set1_ps(x); }
   static inline T loadu(const float* p) { return _mm256_loadu_ps(p); }
   static inline T load(const float* p) { return _mm256_load_ps(p); }  // 32-byte aligned
+  // Cache-line prefetches for writing / reading. asm, not __builtin_prefetch: GCC deletes a
+  // loop of builtin prefetches as free of side effects. (PREFETCHW is a NOP where unsupported.)
+  static inline void prefetch_write(const float* p) { asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p))); }
+  static inline void prefetch_read(const float* p) { asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p))); }
   static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
   // v[l] lane p <- v[p] lane l (an 8x8 transpose in registers).
   // always_inline: called out of line, the W vectors go through the stack both ways

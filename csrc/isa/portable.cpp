@@ -35,6 +35,8 @@ struct V {
     return r;
   }
   static inline T load(const float* p) { return loadu(p); }
+  static inline void prefetch_write(const float*) {}
+  static inline void prefetch_read(const float*) {}
   static inline void store(float* p, T v) { storeu(p, v); }
   // always_inline: called out of line, the W vectors go through the stack both ways
   __attribute__((always_inline)) static inline void transpose(T* v) {

@@ -87,6 +87,29 @@ inline void lanes_store(const LaneTile& t, int64_t m, typename V::T (&acc)[R][P]
   }
 }
 
+// Fetches output channel m's lines of the tile (every image; the residual's too) ahead of its
+// store. The epilogue writes each image's part of a row, a part of a cache line, so without
+// this every store waits for its line to come in (from L3 or DRAM) one after another; fetched
+// while the channel before runs its FMAs, the lines are there when the store comes. noinline:
+// inlined, its address arithmetic made GCC spill the accumulators of the FMA loop.
+template <class V, int R, int P>
+__attribute__((noinline)) void lanes_prefetch_out(const LaneTile& t, int64_t m) {
+  constexpr int W = V::W;
+  const int64_t plane = t.oh * t.ow;
+  for (int l = 0; l < W; ++l) {
+    const int64_t o = ((t.img0 + l) * t.out_channels + m) * plane + t.oy0 * t.ow + t.ox0;
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = o + r * t.ow;
+      for (int p = 0; p < P; p += 16) V::prefetch_write(t.out + row + p);
+      V::prefetch_write(t.out + row + P - 1);
+      if (t.residual) {
+        for (int p = 0; p < P; p += 16) V::prefetch_read(t.residual + row + p);
+        V::prefetch_read(t.residual + row + P - 1);
+      }
+    }
+  }
+}
+
 // The tile, output channel by output channel. With input-channel chunks (t.nchunks > 1) the
 // input is swept a chunk at a time: the output channels of a block of t.mblock take their
 // nonzeros of one chunk while that chunk's slice of the layout stays in L1, their partial sums
@@ -100,7 +123,9 @@ void lanes_rows(const LaneTile& t) {
   constexpr int W = V::W;
   T acc[R][P];
   if (t.nchunks <= 1) {
+    if (t.row0 < t.row1) lanes_prefetch_out<V, R, P>(t, t.row0);
     for (int64_t m = t.row0; m < t.row1; ++m) {
+      if (m + 1 < t.row1) lanes_prefetch_out<V, R, P>(t, m + 1);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
@@ -118,6 +143,7 @@ void lanes_rows(const LaneTile& t) {
         const int32_t* cp = t.chunk_ptr + m * (nk + 1) + k;
         float* s = t.acc + (m - mb) * (R * P * W);
         if (k > 0 && k < nk - 1 && cp[0] == cp[1]) continue;  // nothing to add to the partial sums
+        if (k == nk - 1) lanes_prefetch_out<V, R, P>(t, m);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
