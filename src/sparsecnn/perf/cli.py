@@ -154,12 +154,8 @@ def network_layers(model: nn.Module, input_shape: Sequence[int] | None = None
 
 
 # ---------------------------------------------------------------------- output
-def _range_str(ur: tuple[float, float] | None) -> str:
-    return "-" if ur is None else f"{ur[1]:.3f}..{ur[0]:.3f}"
-
-
-def _band_str(band: tuple[float, float] | None) -> str:
-    return "-" if band is None else f"{band[0]:.3f}..{band[1]:.3f}"
+def _interval_str(lo_hi: tuple[float, float] | None) -> str:
+    return "-" if lo_hi is None else f"{lo_hi[0]:.3f}..{lo_hi[1]:.3f}"
 
 
 def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
@@ -175,8 +171,8 @@ def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
     for r in rows:
         vals = (r["layer"], r["shape"], f"{r['gflop']:.3f}", f"{r['S_A'] / 1e6:.2f}",
                 f"{r['S_W'] / 1e6:.2f}", f"{r['density']:.3f}", f"{r['t_dense'] * 1e3:.3f}",
-                f"{r['t_sparse'] * 1e3:.3f}", f"{r['speedup']:.2f}x", _range_str(r["useful_range"]),
-                _band_str(r["breakeven_band"]), r["bound"])
+                f"{r['t_sparse'] * 1e3:.3f}", f"{r['speedup']:.2f}x", _interval_str(ur[::-1] if (ur := r["useful_range"]) else None),  # (saturation, break-even)
+                _interval_str(r["breakeven_band"]), r["bound"])
         lines.append("  ".join(f"{v:>12}" if i else f"{v:<24}" for i, v in enumerate(vals)))
     td = sum(r["t_dense"] for r in rows)
     ts = sum(r["t_sparse"] for r in rows)
