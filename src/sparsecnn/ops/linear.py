@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from sparsecnn import _core
@@ -76,13 +78,34 @@ def call_sparse_linear(
     return sparse_linear_op(x, values, col_idx, row_ptr, out_features, bias, relu)
 
 
+# Up to this batch the CUDA fully connected layer runs cuSPARSE's CSR SpMM, above it the Triton
+# kernel (a 1x1 convolution of a 1x1 image). H100, CaffeNet fc6/fc7 shapes at density 0.05-0.3
+# (benchmarks/results/gpu_linear_h100.txt): at batch 1 cuSPARSE took 0.13-0.19 ms, Triton 0.13-0.60;
+# at batch 2-8 cuSPARSE 0.15-0.91 ms, Triton 0.13-0.65. Both lose to the dense layer there
+# (0.03-0.10 ms, reading the dense weight at ~2.7 TB/s): docs/gpu.md.
+CUSPARSE_MAX_BATCH = 1
+
+
 @sparse_linear_op.register_kernel("cuda")
 def _sparse_linear_cuda(x, values, col_idx, row_ptr, out_features, bias, relu):
-    # cuSPARSE through torch: fully connected layers are bandwidth bound, CSR SpMM is fine there.
     _check(x, values)
-    dense = csr_to_dense(values, col_idx, row_ptr, (out_features, x.shape[1]))
-    y = torch.nn.functional.linear(x, dense, bias)
-    return torch.relu(y) if relu else y
+    n, c = x.shape
+    if n <= CUSPARSE_MAX_BATCH:
+        # Built without invariant checks (they sync): SparseWeight checked row_ptr and the columns.
+        cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            w = torch.sparse_csr_tensor(row_ptr.to(torch.int64), cols, values, (out_features, c),
+                                        check_invariants=False)
+            y = (w @ x.t()).t().contiguous()
+        if bias is not None:
+            y = y + bias
+        return torch.relu(y) if relu else y
+    from sparsecnn.ops import triton_conv
+
+    y = triton_conv.sparse_conv2d_triton(x.reshape(n, c, 1, 1), values, col_idx, row_ptr, [out_features, c, 1, 1],
+                                         bias, (1, 1), (0, 0), (1, 1), 1, relu)
+    return y.reshape(n, out_features)
 
 
 @sparse_linear_op.register_fake
