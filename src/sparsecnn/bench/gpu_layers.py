@@ -42,7 +42,7 @@ from sparsecnn.ops import triton_conv
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_LAYERS", "run_gpu_layer_bench", "prune_to_density", "main"]
+__all__ = ["DEFAULT_LAYERS", "format_table", "run_gpu_layer_bench", "prune_to_density", "main"]
 
 #: AlexNet/CaffeNet conv layers (as in Park et al. 2017), a ResNet 3x3 and 1x1
 #: layer and a MobileNet depthwise layer.
@@ -317,6 +317,29 @@ def run_gpu_layer_bench(
     return results
 
 
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """The rows of :func:`run_gpu_layer_bench` as a text table (times in ms; "x" columns are
+    speedups ``t_baseline / t_ours``; "-" where a baseline was not run).
+
+    Example:
+        >>> print(format_table([]).splitlines()[0].split())
+        ['layer', 'N', 'dens', 'ours', 'cuDNN', 'x', 'cuDNN', 'x', 'TF32', 'x', 'cuBLAS', 'x', 'cuSPARSE']
+    """
+    def col(r: Dict[str, Any], key: str, width: int, fmt: str) -> str:
+        v = r.get(key)
+        return f"{'-' if v is None else format(v, fmt):>{width}}"
+
+    hdr = (f"{'layer':<26}{'N':>4}{'dens':>7}{'ours':>10}{'cuDNN':>9}{'x cuDNN':>9}{'x TF32':>8}{'x cuBLAS':>10}"
+           f"{'x cuSPARSE':>12}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        lines.append(f"{r['layer']:<26}{r['batch']:>4}{r['density']:>7.3f}{r['t_ours_ms']:>10.4f}"
+                     + col(r, "t_cudnn_fp32_ms", 9, ".4f") + col(r, "speedup_vs_cudnn_fp32", 9, ".2f")
+                     + col(r, "speedup_vs_cudnn_tf32", 8, ".2f") + col(r, "speedup_vs_cublas", 10, ".2f")
+                     + col(r, "speedup_vs_cusparse", 12, ".2f"))
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: ``python -m sparsecnn.bench.gpu_layers --out results.json``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -335,6 +358,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"no layer matches {args.layers}")
     rows = run_gpu_layer_bench(layers, args.densities, args.batches, repeats=args.repeats,
                                device=args.device, warmup=args.warmup, timer=args.timer)
+    print(f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else args.device}  "
+          f"torch {torch.__version__}; times: median of {args.repeats} runs (ms)")
+    print(format_table(rows))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -557,14 +557,10 @@ def format_layer_table(result: dict[str, Any]) -> str:
     meta, rows = result.get("meta", {}), result.get("rows", [])
     lines = []
     if meta.get("device") == "cuda":
-        lines.append(f"GPU: {meta.get('gpu')}  torch {meta.get('torch')}")
-        hdr = f"{'layer':<26}{'N':>4}{'dens':>7}{'ours ms':>10}{'cudnn ms':>10}{'x cudnn':>9}{'cusparse ms':>12}{'x cusp':>8}"
-        lines += [hdr, "-" * len(hdr)]
-        for r in rows:
-            lines.append(f"{r['layer']:<26}{r['batch']:>4}{r['density']:>7.3f}{r['t_ours_ms']:>10.4f}"
-                         f"{_f(r.get('t_cudnn_fp32_ms'), '10.4f'):>10}{_f(r.get('speedup_vs_cudnn_fp32'), '9.2f'):>9}"
-                         f"{_f(r.get('t_cusparse_ms'), '12.4f'):>12}{_f(r.get('speedup_vs_cusparse'), '8.2f'):>8}")
-        return "\n".join(lines)
+        from sparsecnn.bench.gpu_layers import format_table
+
+        lines.append(f"GPU: {meta.get('gpu')}  torch {meta.get('torch')}; times: median of {meta.get('repeats')} runs (ms)")
+        return "\n".join(lines + [format_table(rows)])
     lines.append(f"CPU: {meta.get('cpu')} ({meta.get('logical_cpus')} logical CPUs), ISA {meta.get('isa')}, "
                  f"torch {meta.get('torch')}, threads {meta.get('threads')}")
     lines.append(f"SGEMM {meta.get('sgemm_gflops', 0):.1f} GFLOP/s (torch.mm {meta.get('sgemm_n')}^2); times: median of "
