@@ -215,7 +215,7 @@ def test_resnet_residual_fusion_only_when_conv3_sparse(tmp_path):
 _FAULTS_SCRIPT = """
 import resource, sys, torch
 import torch.nn.functional as F
-from sparsecnn.sparsify import settle_allocator
+from sparsecnn.perf.probe import settle_allocator
 if sys.argv[1] == "settle":
     settle_allocator()
 x, w = torch.randn(16, 32, 28, 28), torch.randn(64, 32, 3, 3)

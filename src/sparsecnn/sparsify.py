@@ -298,26 +298,6 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------- timing
-def settle_allocator(nbytes: int = 16 << 20) -> None:
-    """Allocate and free one ``nbytes`` block so that later timings see a long-running process's
-    allocator, not a fresh one's.
-
-    glibc serves blocks above its mmap threshold (128 KB at start) as fresh mappings, faulted in
-    page by page, until the process frees such a block: the threshold then rises to its size
-    (only for blocks of at most 32 MB: freeing a 32 MB tensor, a little more with its header, left
-    it at 128 KB) and later blocks come from the heap, reused without faults. A model that has run a
-    few batches is in that state; a fresh process timing one layer call after another is not, and
-    its outputs' page faults (about 1 us per 4 KB page on a VM) can swamp the layer
-    (docs/benchmarks.md, "Memory allocator"). A no-op cost elsewhere.
-
-    Example:
-        >>> settle_allocator(1 << 20)
-    """
-    block = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
-    block.fill_(0.0)  # touch it, as a real activation would be
-    del block
-
-
 def _median_times(fns: list[Callable[[], Any]], repeats: int, cuda: bool) -> list[float]:
     """Median seconds of each function; the runs are interleaved so that a load change on a
     shared machine hits all of them alike."""
@@ -428,6 +408,8 @@ def _sparsify(model, args, policy, perf_model, threads, repeats, t_start):
     device = params[0].device if params else (x0.device if x0 is not None else torch.device("cpu"))
     cuda = device.type == "cuda"
     if not cuda and policy in ("auto", "measure"):
+        from sparsecnn.perf.probe import settle_allocator
+
         settle_allocator()  # the performance model's dense timings and the measured ones alike
     perf, perf_name = _get_perf(perf_model, policy, cuda, threads)
 

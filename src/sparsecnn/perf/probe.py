@@ -31,11 +31,36 @@ import torch
 from .spec import LayerSpec
 
 __all__ = [
-    "median_time", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
+    "median_time", "settle_allocator", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
     "cpu_model", "active_isa", "library_version", "cache_sizes", "num_threads", "QuietWaiter",
 ]
 
 log = logging.getLogger(__name__)
+
+
+_settled = False
+
+
+def settle_allocator(nbytes: int = 16 << 20) -> None:
+    """Allocate and free one ``nbytes`` block so that later timings see a long-running process's
+    allocator, not a fresh one's.
+
+    glibc serves blocks above its mmap threshold (128 KB at start) as fresh mappings, faulted in
+    page by page, until the process frees such a block: the threshold then rises to its size
+    (only for blocks of at most 32 MB: freeing a 32 MB tensor, a little more with its header, left
+    it at 128 KB) and later blocks come from the heap, reused without faults. A model that has run a
+    few batches is in that state; a fresh process timing one layer call after another is not, and
+    its outputs' page faults (about 1 us per 4 KB page on a VM) can swamp the layer
+    (docs/benchmarks.md, "Memory allocator"). :func:`median_time` calls it once per process.
+
+    Example:
+        >>> settle_allocator(1 << 20)
+    """
+    global _settled
+    block = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
+    block.fill_(0.0)  # touch it, as a real activation would be
+    del block
+    _settled = _settled or nbytes >= 16 << 20
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
@@ -49,6 +74,8 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
         >>> median_time(lambda: sum(range(100)), repeats=3) > 0
         True
     """
+    if not _settled:
+        settle_allocator()
     for _ in range(warmup):
         fn()
     ts: list[float] = []
