@@ -270,6 +270,34 @@ def test_split_long_rows(split_k):
              split_k=split_k)
 
 
+def test_default_block_p_fills_the_sms(monkeypatch):
+    """Widest of 256/128/64 with at least two programs per SM; never wider than the positions."""
+    monkeypatch.setattr(tc, "_sm_count", lambda device: 132)
+    dev = torch.device("cpu")
+    assert tc._default_block_p(32 * 169, 96, dev) == 256   # CaffeNet conv3, batch 32: 22 x 96 programs
+    assert tc._default_block_p(169, 96, dev) == 64         # batch 1: 3 x 96 >= 264 only at 64
+    assert tc._default_block_p(169, 64, dev) == 64         # too few programs even at 64: 64 is the floor
+    assert tc._default_block_p(5, 1000, dev) == 16         # a linear layer at batch 5: 16 positions
+    assert tc._default_block_p(729, 64, dev) == 128        # CaffeNet conv2, batch 1
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7])  # batch 1: cuSPARSE's SpMM; above: the Triton kernel
+def test_linear_cuda_paths(batch):
+    from sparsecnn.ops import linear
+
+    gen = torch.Generator().manual_seed(batch)
+    w = sparse_weight((9, 40000), 0.001, gen)  # 40000 columns: int16 indices read as unsigned
+    w[3, 39999] = 1.5
+    x = torch.randn(batch, 40000, generator=gen)
+    b = torch.randn(9, generator=gen)
+    values, col, row_ptr = pack(w)
+    assert col.dtype == torch.int16
+    y = linear._sparse_linear_cuda(x.to(DEVICE), values.to(DEVICE), col.to(DEVICE), row_ptr.to(DEVICE), 9,
+                                   b.to(DEVICE), True)
+    ref = torch.relu(x.double() @ w.double().t() + b.double())
+    check(y, ref)
+
+
 def test_pack_dense_weight_matches_reference_packer():
     gen = torch.Generator().manual_seed(10)
     w = sparse_weight((5, 3, 3, 3), 0.4, gen)
