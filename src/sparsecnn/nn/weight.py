@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparsecnn.ops.conv import csr_to_dense
+from sparsecnn.ops.conv import csr_columns, csr_to_dense
 
 __all__ = ["SparseWeight"]
 
@@ -72,9 +72,7 @@ class SparseWeight:
         if rp[0].item() != 0 or rp[-1].item() != nnz or bool((rp[1:] < rp[:-1]).any()):
             raise ValueError("SparseWeight: row_ptr must start at 0, be non-decreasing and end at nnz")
         if nnz:
-            c = col_idx.cpu().to(torch.int64)
-            if col_idx.dtype == torch.int16:
-                c = c & 0xFFFF
+            c = csr_columns(col_idx.cpu())
             if int(c.min()) < 0 or int(c.max()) >= cols:
                 raise ValueError(f"SparseWeight: column indices out of range [0, {cols})")
             # Columns must ascend strictly within each row (the kernels walk rows as runs).

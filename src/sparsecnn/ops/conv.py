@@ -103,12 +103,21 @@ def conv_output_size(
     return oh, ow
 
 
+def csr_columns(col_idx: torch.Tensor) -> torch.Tensor:
+    """Column indices as int64; int16 ones hold uint16 bit patterns (layers of up to 65536 columns).
+
+    >>> csr_columns(torch.tensor([-1, 2], dtype=torch.int16)).tolist()
+    [65535, 2]
+    """
+    cols = col_idx.to(torch.int64)
+    return cols & 0xFFFF if col_idx.dtype == torch.int16 else cols
+
+
 def csr_coords(col_idx: torch.Tensor, row_ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) int64 index of every nonzero; int16 columns are read as unsigned."""
+    """(row, column) int64 index of every nonzero."""
     counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
     rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=row_ptr.device), counts)
-    cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
-    return rows, cols
+    return rows, csr_columns(col_idx)
 
 
 def csr_to_dense(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

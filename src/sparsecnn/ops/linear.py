@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, _dl, csr_coords, csr_to_dense, eager_cpu_call
+from sparsecnn.ops.conv import _alloc, _dl, csr_columns, csr_coords, csr_to_dense, eager_cpu_call
 
 __all__ = ["call_sparse_linear", "sparse_linear_op"]
 
@@ -92,10 +92,9 @@ def _sparse_linear_cuda(x, values, col_idx, row_ptr, out_features, bias, relu):
     n, c = x.shape
     if n <= CUSPARSE_MAX_BATCH:
         # Built without invariant checks (they sync): SparseWeight checked row_ptr and the columns.
-        cols = col_idx.to(torch.int64) & 0xFFFF if col_idx.dtype == torch.int16 else col_idx.to(torch.int64)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            w = torch.sparse_csr_tensor(row_ptr.to(torch.int64), cols, values, (out_features, c),
+            w = torch.sparse_csr_tensor(row_ptr.to(torch.int64), csr_columns(col_idx), values, (out_features, c),
                                         check_invariants=False)
             y = (w @ x.t()).t().contiguous()
         if bias is not None:
