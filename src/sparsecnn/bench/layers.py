@@ -479,7 +479,9 @@ def run_layer_bench(
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
     from sparsecnn.ops import use_isa
+    from sparsecnn.perf.probe import settle_allocator
 
+    settle_allocator()  # dense and sparse timed in a long-running process's allocator state
     isa_ctx = use_isa(isa) if isa else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []

@@ -41,17 +41,21 @@ log = logging.getLogger(__name__)
 _settled = False
 
 
-def settle_allocator(nbytes: int = 16 << 20) -> None:
+def settle_allocator(nbytes: int = 31 << 20) -> None:
     """Allocate and free one ``nbytes`` block so that later timings see a long-running process's
     allocator, not a fresh one's.
 
     glibc serves blocks above its mmap threshold (128 KB at start) as fresh mappings, faulted in
     page by page, until the process frees such a block: the threshold then rises to its size
-    (only for blocks of at most 32 MB: freeing a 32 MB tensor, a little more with its header, left
-    it at 128 KB) and later blocks come from the heap, reused without faults. A model that has run a
-    few batches is in that state; a fresh process timing one layer call after another is not, and
-    its outputs' page faults (about 1 us per 4 KB page on a VM) can swamp the layer
-    (docs/benchmarks.md, "Memory allocator"). :func:`median_time` calls it once per process.
+    (only for blocks of at most 32 MiB: freeing a 32 MiB tensor, a little more with its header,
+    left it at 128 KB), the heap's trim threshold to twice that, and later blocks come from the
+    heap, reused without faults. A model that has run a few batches is in that state; a fresh
+    process timing one layer call after another is not, and its outputs' page faults (about 1 us
+    per 4 KB page on a VM) can swamp the layer (docs/benchmarks.md, "Memory allocator"). The
+    default is the largest block that still counts: after a 16 MiB one, a dense conv2d with 12.8 MB
+    outputs still gave its heap back after every call while two other such tensors were alive
+    (9,400 page faults a call, 18.6 ms instead of 9.1). :func:`median_time` calls it once per
+    process.
 
     Example:
         >>> settle_allocator(1 << 20)
@@ -60,7 +64,7 @@ def settle_allocator(nbytes: int = 16 << 20) -> None:
     block = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
     block.fill_(0.0)  # touch it, as a real activation would be
     del block
-    _settled = _settled or nbytes >= 16 << 20
+    _settled = _settled or nbytes >= 31 << 20
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
