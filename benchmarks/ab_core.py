@@ -35,6 +35,7 @@ import torch
 
 import sparsecnn
 from sparsecnn.bench.layers import measure_sgemm_gflops
+from sparsecnn.perf.probe import settle_allocator
 from sparsecnn.models.pruned import load_pruned_layers
 from sparsecnn.ops.conv import _dl
 
@@ -55,10 +56,10 @@ def load_core(path: str) -> ModuleType:
 def compare(cores: dict[str, ModuleType], batch: int, threads: int, iters: int) -> dict[str, Any]:
     """Median times (s) of each core and of dense conv2d per layer, calls interleaved."""
     torch.set_num_threads(threads)
-    # First, as `sparsecnn bench layers` does: besides the machine's state it leaves glibc's
-    # malloc in the same state as the bench. Freeing its 16 MB matrices raises the mmap threshold
-    # to 16 MB, after which dense conv2d's outputs come from the heap instead of fresh pages
-    # (CaffeNet conv2 at batch 16: 22 ms before, 14.5 ms after on this VM).
+    # First, as `sparsecnn bench layers` does: glibc's malloc in the bench's state (dense
+    # conv2d's outputs from the heap, not fresh pages: CaffeNet conv2 at batch 16 took 22 ms
+    # before, 14.5 ms after on this VM), and the machine's SGEMM rate for the record.
+    settle_allocator()
     out: dict[str, Any] = {"batch": batch, "threads": threads, "iters": iters, "layers": {},
                            "sgemm_gflops": measure_sgemm_gflops()}
     weights = load_pruned_layers("caffenet_l1_acc56.3")
