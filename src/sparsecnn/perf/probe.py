@@ -38,10 +38,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: The largest block whose free still raises glibc's mmap threshold (its cap is 32 MiB with the header).
+SETTLE_BYTES = 31 << 20
 _settled = False
 
 
-def settle_allocator(nbytes: int = 31 << 20) -> None:
+def settle_allocator(nbytes: int = SETTLE_BYTES) -> None:
     """Allocate and free one ``nbytes`` block so that later timings see a long-running process's
     allocator, not a fresh one's.
 
@@ -64,7 +66,7 @@ def settle_allocator(nbytes: int = 31 << 20) -> None:
     block = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
     block.fill_(0.0)  # touch it, as a real activation would be
     del block
-    _settled = _settled or nbytes >= 31 << 20
+    _settled = _settled or nbytes >= SETTLE_BYTES
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
