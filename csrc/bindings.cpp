@@ -280,13 +280,16 @@ NB_MODULE(_core, m) {
           d["footprint"] = p.footprint;
           d["image_mode"] = p.image_mode;
           d["direct"] = p.direct;
+          d["chunk_density"] = p.chunk_density;
+          d["chunk_vectors"] = p.chunk_vectors;
           return d;
         },
         nb::arg("n"), nb::arg("c"), nb::arg("h"), nb::arg("w"), nb::arg("out_channels"), nb::arg("cin_per_group"),
         nb::arg("kh"), nb::arg("kw"), nb::arg("groups"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
         nb::arg("threads"),
         "The work sparse_conv2d plans for this geometry (kernels, vector FMAs and tile visits per nonzero, "
-        "layout bytes, epilogues): what the performance model counts.");
+        "layout bytes, epilogues, the density from which input-channel chunks are taken and their "
+        "partial-sum vectors): what the performance model counts.");
   m.def("max_pool2d", &max_pool2d, nb::arg("x"), nb::arg("out"), nb::arg("kernel"), nb::arg("stride"),
         nb::arg("padding"), nb::arg("ceil_mode"), nb::arg("threads"),
         "out = max_pool2d(x) (NCHW contiguous float32; padding on both sides; NaN propagates).");

@@ -113,8 +113,10 @@ struct LanesPlan {
   int64_t plane;         // floats per channel
   int rows_max;          // R: output rows per tile
   int64_t nxc;           // pixel chunks per output row
-  int64_t chunk_ch;      // input channels per chunk (see conv_lanes.cpp)
+  int64_t chunk_ch;      // input channels per chunk of this call (see conv_lanes.cpp)
   int nchunks;           // chunks per group (1: none)
+  int64_t chunk_fit;     // input channels per chunk when the layer is chunked
+  double chunk_density;  // weight density from which the layer is chunked (inf: never)
 };
 
 // The images of the call the batch-lanes kernel takes (whole blocks of W), or 0 (see conv_lanes.cpp).

@@ -22,16 +22,14 @@ bool lanes_enabled() {
   return on;
 }
 
-// Input-channel chunks are opt-in: SPARSECNN_LANES_CHUNK=auto (the rule below), =n (n channels
-// per chunk), unset or 0 (none). They are not on by default because the performance model
-// (sparsecnn.perf) does not price them yet: with them the kernel beats its predictions by 10-40 %
-// at batch 16 and density >= 0.4, which moves the break-even densities GSL and sparsify use.
+// Input-channel chunks: SPARSECNN_LANES_CHUNK unset or "auto" (the rule in lanes_images), =n (n
+// channels per chunk), =0 (none). The performance model prices the plan either way
+// (conv2d_plan reports the density where auto starts chunking and the partial-sum traffic).
 // Returns -1 for auto.
 int64_t chunk_setting() {
   static const int64_t v = [] {
     const char* e = std::getenv("SPARSECNN_LANES_CHUNK");
-    if (!e || !*e) return int64_t(0);
-    if (std::string(e) == "auto") return int64_t(-1);
+    if (!e || !*e || std::string(e) == "auto") return int64_t(-1);
     return std::max<int64_t>(0, std::atoll(e));
   }();
   return v;
@@ -75,14 +73,21 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
       break;
     }
   if (lp->rows_max == 0) return 0;
+  // Chunks of input channels whose slice of the tile fits kChunkL1 of the L1, taken (auto) when
+  // an output channel has at least kChunkNnz nonzeros per chunk on average, i.e. from the
+  // density kChunkNnz / (channels per chunk * KH * KW) up: below it the reload and store of
+  // the partial sums at every chunk switch cost more than the L1 hits save.
   const int64_t cg = a.cin_per_group, setting = chunk_setting();
-  lp->chunk_ch = setting > 0 ? std::min(setting, cg) : cg;
-  if (setting < 0) {  // auto (conv2d_plan passes no weight: nnz 0, no chunks; its counts do not depend on them)
-    const double per_channel = 4.0 * W * (lp->rows_max + drmax) * (pbig + dqmax);
-    const int64_t fits = std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
-    const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
-    if (fits < cg && nnz_per_row * static_cast<double>(fits) / static_cast<double>(cg) >= kChunkNnz) lp->chunk_ch = fits;
-  }
+  const double per_channel = 4.0 * W * (lp->rows_max + drmax) * (pbig + dqmax);
+  const int64_t fits = setting > 0 ? std::min(setting, cg)
+                                   : std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
+  lp->chunk_fit = fits;
+  lp->chunk_density = std::numeric_limits<double>::infinity();
+  if (setting > 0 && fits < cg) lp->chunk_density = 0.0;
+  if (setting < 0 && fits < cg) lp->chunk_density = kChunkNnz / static_cast<double>(fits * a.kh * a.kw);
+  const double cols = static_cast<double>(cg * a.kh * a.kw) * static_cast<double>(std::max<int64_t>(1, a.out_channels));
+  const double density = static_cast<double>(a.weight.nnz) / cols;
+  lp->chunk_ch = density >= lp->chunk_density && a.weight.nnz > 0 ? fits : cg;
   lp->nchunks = static_cast<int>((cg + lp->chunk_ch - 1) / lp->chunk_ch);
   return a.n / W * W;
 }

@@ -105,6 +105,10 @@ struct ConvPlanInfo {
   double footprint = 0;      // input bytes one tile reads (largest of the two kernels)
   bool image_mode = false;   // per-image kernel: a task per image block (else channel ranges)
   bool direct = false;       // per-image kernel reads the input in place (1x1, unpadded)
+  // Input-channel chunks of the batch-lanes kernel: taken from this weight density up (inf:
+  // never), and then the partial sums' vector loads + stores at the chunk switches, whole batch.
+  double chunk_density = 0;
+  int64_t chunk_vectors = 0;
 };
 ConvPlanInfo conv2d_plan(const Conv2dArgs& geometry);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.

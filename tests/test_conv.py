@@ -303,10 +303,16 @@ def test_batch_lanes_wide_rows_with_residual(isa, width):
     assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1) + res.double()))
 
 
-def test_batch_lanes_input_channel_chunks_auto(tmp_path):
-    """SPARSECNN_LANES_CHUNK=auto: rows dense enough over many channels are swept in L1-sized
-    channel chunks, partial sums kept between them (csrc/conv_lanes.cpp); every ISA, 1 and 2
-    threads, residual and ReLU fused, against conv2d in float64."""
+def test_batch_lanes_input_channel_chunks_by_default(tmp_path):
+    """By default (SPARSECNN_LANES_CHUNK unset = auto) rows dense enough over many channels are
+    swept in L1-sized channel chunks, partial sums kept between them (csrc/conv_lanes.cpp);
+    every ISA, 1 and 2 threads, residual and ReLU fused, against conv2d in float64."""
+    from sparsecnn.perf import LayerSpec
+
+    for groups in (1, 2):
+        spec = LayerSpec("c", "conv", 64 * groups, 24 * groups, (3, 3), padding=(1, 1), groups=groups,
+                         input_hw=(13, 13))
+        assert spec.kernel_work(16, 2)["chunk_density"] < 0.6  # both densities below are chunked
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent("""
         import sys, torch, sparsecnn
@@ -331,8 +337,8 @@ def test_batch_lanes_input_channel_chunks_auto(tmp_path):
         torch.save(out, sys.argv[1])
     """))
     path = tmp_path / "out.pt"
-    subprocess.run([sys.executable, str(script), str(path)], check=True,
-                   env=dict(os.environ, SPARSECNN_LANES_CHUNK="auto"))
+    env = {k: v for k, v in os.environ.items() if k != "SPARSECNN_LANES_CHUNK"}
+    subprocess.run([sys.executable, str(script), str(path)], check=True, env=env)
     results = torch.load(path)
     assert len(results) >= 4
     for (density, groups, isa, threads), (w, x, b, r, y) in results.items():

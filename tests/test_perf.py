@@ -78,6 +78,14 @@ def test_kernel_work_is_the_cores_plan():
         w = CONV5.kernel_work(w16 + 1, threads=2)
         assert w["lanes_images"] == w16 and w["pixel_images"] == 1
         assert w["lanes_vec_fmas"] == 13 * 13
+        if w16 == 16:
+            # tiles of 2 rows x 13 pixels: a channel's slice is 4 x 15 vectors (3840 B), 6 fit
+            # the 24 KB of L1 a chunk may take; chunked from 12 nonzeros per chunk and output
+            # channel, i.e. density 12 / (6 * 9); 192 channels per group = 32 chunks, whose
+            # switches reload and store every output vector 31 times
+            assert w["chunk_density"] == pytest.approx(12 / 54)
+            assert w["chunk_vectors"] == 256 * 13 * 13 * 2 * 31
+        assert w["chunk_density"] > 0 and CONV5.kernel_work(1, threads=2)["chunk_density"] == math.inf
         # 1x1 unpadded layers are read in place (no layout), never in the lanes kernel
         one = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
         w = one.kernel_work(16, threads=2)
@@ -270,10 +278,12 @@ def test_kernel_fit_recovers_constants():
     c56 = LayerSpec("c56", "conv", 64, 64, (3, 3), padding=(1, 1), input_hw=(56, 56))
     specs = [(CONV5, 0.02, 1), (CONV5, 0.3, 1), (CONV5, 0.1, 16), (CONV5, 0.4, 16), (CONV2, 0.1, 4),
              (CONV2, 0.05, 16), (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1), (c56, 0.05, 1), (c56, 0.3, 16),
-             (tiny, 0.2, 1), (tiny, 0.6, 1)]
+             (tiny, 0.2, 1), (tiny, 0.6, 1), (c56, 0.5, 16)]
+    # CONV5 at 0.4 and c56 at 0.5, batch 16: the batch-lanes kernel sweeps in channel chunks
+    assert sum(b == 16 and x >= s.kernel_work(b, 2)["chunk_density"] for s, x, b in specs) == 2
     truth = _model(threads=2, B_copy=8e9)
     # the memory rates' priors come from the probes: B_copy and B_llc of _model
-    cal._set_params(truth, [0.35e-9, 0.3e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 80e9])
+    cal._set_params(truth, [0.35e-9, 0.3e-9, 0.2e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 80e9])
     samples = [{"spec": s.to_dict(), "density": x, "batch": b, "t": truth.predict(s, x, b).t_sparse}
                for s, x, b in specs]
     m = _model(threads=2, B_copy=8e9)
@@ -282,6 +292,31 @@ def test_kernel_fit_recovers_constants():
     assert m.tau_fma == pytest.approx(0.35e-9, rel=1e-4) and m.tau_lanes == pytest.approx(0.3e-9, rel=1e-4)
     assert m.gamma == pytest.approx(0.9, rel=1e-4) and m.tau_direct == pytest.approx(0.45e-9, rel=1e-4)
     assert m.t0 == pytest.approx(25e-6, rel=1e-4) and m.tau_epi == pytest.approx(30e-9, rel=1e-4)
+    assert m.tau_chunk == pytest.approx(0.2e-9, rel=1e-4)
+
+
+def test_chunked_sweep_is_priced_from_its_density():
+    """From the plan's chunk density up the batch-lanes part is priced as the chunked sweep
+    (linear in x, plus the partial sums' traffic); the break-even lies where speedup = 1 on
+    whichever side of the step the last crossing is."""
+    m = _model(threads=2, visit_slots=3.0, epi_slots=20.0, a_lanes=2.0)
+    m.gamma = 0.9
+    w = CONV5.kernel_work(16, 2)
+    xc = w["chunk_density"]
+    unpriced = m.predict(CONV5, 0.5, 16).t_compute
+    m.tau_chunk = 0.5 * m.tau_lanes
+    below, above = m.predict(CONV5, 0.9 * xc, 16), m.predict(CONV5, 0.5, 16)
+    assert below.t_compute == pytest.approx(m.coefficients(CONV5, 16)[2] * 0.1 * (0.9 * xc / 0.1) ** 0.9)
+    visits = CONV5.weight_numel * w["visits"] * m.tau_visit / 2 * 0.1 * (0.5 / 0.1) ** 0.9  # not chunk-dependent
+    chunked = visits + (0.5 * CONV5.weight_numel * w["lanes_vec_fmas"] + w["chunk_vectors"]) * m.tau_chunk / 2
+    assert above.t_compute == pytest.approx(chunked) and above.t_compute < unpriced
+    for tau in (0.3, 0.5, 0.8, 1.5):  # chunks cheaper or dearer than the unchunked sweep
+        m.tau_chunk = tau * m.tau_lanes
+        be = m.breakeven_density(CONV5, 16)
+        assert be is not None and 0 < be
+        if be < 1:
+            assert m.predict(CONV5, be, 16).speedup == pytest.approx(1.0, rel=1e-6)
+            assert all(m.predict(CONV5, x, 16).speedup < 1.0 for x in np.linspace(be * 1.001, 1.0, 50))
 
 
 def test_robust_least_squares_ignores_an_outlier():

@@ -23,20 +23,24 @@ visits per nonzero, how many bytes it lays out, how many epilogues), and the mod
               + epilogues * tau_epi / threads       stores: bias/ReLU/residual, transposes
     t_compute = (x / 0.1)^gamma * 0.1 * nnz_dense * (fmas * tau_fma + lanes_fmas * tau_lanes
                                                      + visits * tau_visit) / threads
-                (tau_direct instead of tau_fma for 1x1 layers read in place)
+                (tau_direct instead of tau_fma for 1x1 layers read in place; from the
+                density where the batch-lanes kernel sweeps its input in L1-sized chunks of
+                input channels, its part is  (x nnz_dense lanes_fmas + chunk_vectors) tau_chunk
+                / threads  instead: FMAs fed from L1 plus the partial sums' reloads and stores)
     t_bw      = S_A / B_act + b * x * S_W / B_w     b = 1.5 (4-byte value + 2-byte index)
 
 ``tau_fma`` is the time of one vector FMA (with its load, mostly from L2) on one thread in
-the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel, ``tau_direct``
+the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel, ``tau_chunk`` in
+its chunked sweep (loads from L1), ``tau_direct``
 when the per-image kernel reads a 1x1 layer's input in place (unaligned loads, no layout). The cost of a
 nonzero falls slowly as the density grows (longer rows: more of a tile's input is reused from
 L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a little below 1
 (the paper's model is linear, ``gamma = 1``). The paper's overhead is
 ``a = tau_fma * F / (2 * W * threads)`` (vector width ``W``): how far below SGEMM each useful
-FLOP runs. The nine constants ``tau_fma, tau_lanes, tau_direct, tau_visit, tau_epi, gamma, t0,
-B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse terms
-increase with ``x``, so the useful density range (:meth:`PerfModel.useful_range`) is found by
-bisection. The break-even comes with a band (:meth:`PerfModel.breakeven_band`) from the fit's own
+FLOP runs. The ten constants ``tau_fma, tau_lanes, tau_chunk, tau_direct, tau_visit, tau_epi, gamma,
+t0, B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse
+terms increase with ``x`` (the compute term with a step where the chunks start), so the useful
+density range (:meth:`PerfModel.useful_range`) is found by bisection. The break-even comes with a band (:meth:`PerfModel.breakeven_band`) from the fit's own
 rms error: where the predicted speedup is ``exp(-/+ 2 sigma)``.
 
 Example:
@@ -65,7 +69,7 @@ log = logging.getLogger(__name__)
 ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 12), "portable": (8, 8)}
 
 #: bump when the JSON layout or the meaning of a fitted constant changes
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: storage overhead of the sparse weights: 4-byte value + 2-byte column index per nonzero
 B_STORAGE = 1.5
@@ -145,6 +149,9 @@ class PerfModel:
     tau_fma: float = 1e-9
     #: the same for the batch-lanes kernel (None: ``tau_fma``)
     tau_lanes: float | None = None
+    #: the same for the batch-lanes kernel's sweep in input-channel chunks, also per partial-sum
+    #: vector reloaded or stored at a chunk switch (None: chunks not priced, ``tau_lanes``)
+    tau_chunk: float | None = None
     #: the same for 1x1 layers read in place by the per-image kernel (None: ``tau_fma``)
     tau_direct: float | None = None
     #: seconds per (nonzero, tile) visit on one thread: column, table, broadcast, address
@@ -223,7 +230,7 @@ class PerfModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
         return {"schema": self.schema, "machine": asdict(self.machine), "tau_fma": self.tau_fma,
-                "tau_lanes": self.tau_lanes, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
+                "tau_lanes": self.tau_lanes, "tau_chunk": self.tau_chunk, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
                 "tau_epi": self.tau_epi,
                 "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense), "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
@@ -235,12 +242,13 @@ class PerfModel:
             raise ValueError(f"schema {d.get('schema')} != {SCHEMA_VERSION}")
         m = cls(machine=Machine(**d["machine"]), tau_fma=float(d["tau_fma"]),
                 tau_lanes=None if d.get("tau_lanes") is None else float(d["tau_lanes"]),
+                tau_chunk=None if d.get("tau_chunk") is None else float(d["tau_chunk"]),
                 tau_direct=None if d.get("tau_direct") is None else float(d["tau_direct"]),
                 tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
                 gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
-        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
+        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_chunk or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
                   m.machine.B_copy, m.machine.B_copy_llc):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
@@ -309,7 +317,8 @@ class PerfModel:
         return t + w["layout_bytes"] / (mach.B_copy_llc if buffers <= llc else mach.B_copy)
 
     def coefficients(self, spec: LayerSpec, batch: int) -> tuple[float, float, float, float, float]:
-        """``(t_fixed, c0, kc, b0, kb)`` with ``t_compute = c0 + kc x`` and ``t_bw = b0 + kb x``.
+        """``(t_fixed, c0, kc, b0, kb)`` with ``t_compute = c0 + kc x`` and ``t_bw = b0 + kb x``
+        below the density where the chunks start (:meth:`compute_time` prices the whole range).
 
         * ``kc = nnz_dense (fmas tau_fma + lanes_fmas tau_lanes + visits tau_visit) / threads``
           from the kernel's plan (:meth:`work`), ``c0 = 0`` (with ``gamma != 1``,
@@ -328,16 +337,30 @@ class PerfModel:
         kb = self.b * spec.weight_bytes() / self.weight_bandwidth(spec)
         return t_fixed, 0.0, kc, b0, kb
 
-    def compute_time(self, kc: float, x: float) -> float:
-        """``t_compute`` at density ``x`` for the coefficient ``kc`` of :meth:`coefficients`:
-        ``kc * 0.1 * (x / 0.1)^gamma`` (``kc * x`` when ``gamma = 1``)."""
-        return kc * x if self.gamma == 1.0 else kc * 0.1 * (max(x, 0.0) / 0.1) ** self.gamma
+    def _density_scale(self, x: float) -> float:
+        """``0.1 (x / 0.1)^gamma`` (``x`` when ``gamma = 1``)."""
+        return x if self.gamma == 1.0 else 0.1 * (max(x, 0.0) / 0.1) ** self.gamma
+
+    def compute_time(self, spec: LayerSpec, batch: int, x: float) -> float:
+        """``t_compute`` at density ``x``: ``c0 + kc 0.1 (x / 0.1)^gamma`` (:meth:`coefficients`);
+        from the plan's ``chunk_density`` up (a fitted ``tau_chunk`` given) the batch-lanes part
+        is priced as its chunked sweep, ``(x nnz_dense lanes_fmas + chunk_vectors) tau_chunk /
+        threads``, linear in ``x`` (FMAs fed from L1 do not get cheaper with longer rows)."""
+        _, c0, kc, _, _ = self.coefficients(spec, batch)
+        w = self.work(spec, batch)
+        if self.tau_chunk is None or not x >= w.get("chunk_density", math.inf) or not w["lanes_vec_fmas"]:
+            return c0 + kc * self._density_scale(x)
+        th = max(1, self.machine.threads)
+        tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
+        k_lanes = spec.weight_numel * w["lanes_vec_fmas"] * tau_l / th
+        chunked = (x * spec.weight_numel * w["lanes_vec_fmas"] + w["chunk_vectors"]) * self.tau_chunk / th
+        return c0 + (kc - k_lanes) * self._density_scale(x) + chunked
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
-        t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
+        t_fixed, _, _, b0, kb = self.coefficients(spec, batch)
         x = float(density)
-        return t_fixed, c0 + self.compute_time(kc, x), b0 + kb * x
+        return t_fixed, self.compute_time(spec, batch, x), b0 + kb * x
 
     # ------------------------------------------------------------------ public API
     def predict(self, spec: LayerSpec, density: float, batch: int = 1) -> Prediction:
@@ -373,7 +396,8 @@ class PerfModel:
         """Density where predicted speedup = 1 (paper's lower bound of sparsity), or None.
 
         The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense / target`` (increasing in
-        ``x``; with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
+        ``x`` on each side of the chunks' step, the last root when there are two; without
+        chunks and with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
         - t_fixed``). ``target`` other than 1 gives the density of that predicted speedup (used
         by :meth:`breakeven_band`). May exceed 1 (sparse faster even when dense); None when
         even ``x -> 0`` does not reach ``target``.
@@ -381,18 +405,25 @@ class PerfModel:
         if not target > 0:
             raise ValueError(f"target speedup must be positive, got {target}")
         t_dense = self.dense_time(spec, batch)
-        t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
+        t_fixed, c0, _, b0, kb = self.coefficients(spec, batch)
         budget = t_dense / target - t_fixed
         if budget <= max(c0, b0):  # even x -> 0 is not faster than dense
             return None
 
         def excess(x: float) -> float:
-            return max(c0 + self.compute_time(kc, x), b0 + kb * x) - budget
+            return max(self.compute_time(spec, batch, x), b0 + kb * x) - budget
 
         hi = 1.0
         while excess(hi) < 0 and hi < 1e6:
             hi *= 2.0
-        return self._bisect(excess, 0.0, hi) if excess(hi) >= 0 else math.inf
+        if excess(hi) < 0:
+            return math.inf
+        # each side of the step where the chunks start is increasing: the break-even is on the
+        # chunked side when that side still beats dense where it starts
+        xc = self.work(spec, batch).get("chunk_density", math.inf) if self.tau_chunk is not None else math.inf
+        if 0.0 < xc < hi and excess(xc) < 0:
+            return self._bisect(excess, xc, hi)
+        return self._bisect(excess, 0.0, min(hi, xc))
 
     @property
     def uncertainty(self) -> float:
@@ -441,10 +472,10 @@ class PerfModel:
         not shrink with density (at most another 2x to gain). 1.0 when the floor dominates at
         every density.
         """
-        t_fixed, c0, kc, b0, kb = self.coefficients(spec, batch)
+        t_fixed, _, _, b0, kb = self.coefficients(spec, batch)
 
         def gap(x: float) -> float:
-            return c0 + self.compute_time(kc, x) - (t_fixed + b0 + kb * x)
+            return self.compute_time(spec, batch, x) - (t_fixed + b0 + kb * x)
 
         if gap(0.0) >= 0:
             return 0.0
