@@ -81,6 +81,27 @@ def test_sparse_linear_on_cuda(batch):
     _close(y, ref)
 
 
+def test_sparse_linear_cusparse_matrix_is_cached_per_weight():
+    """The cuSPARSE path builds its int64 CSR matrix once per weight, again after an in-place change."""
+    from sparsecnn.ops import linear
+
+    linear._CSR_CACHE.clear()
+    gen = torch.Generator().manual_seed(10)
+    lin = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_((torch.rand(lin.weight.shape, generator=gen) < 0.2).float())
+    sp = sparsecnn.SparseLinear.from_dense(lin).cuda()
+    x = torch.randn(1, 64, generator=gen)
+    y1 = sp(x.cuda())
+    sp(x.cuda())
+    assert len(linear._CSR_CACHE) == 1
+    with torch.no_grad():
+        sp.values.mul_(2.0)
+    _close(sp(x.cuda()), 2 * F.linear(x.double(), lin.weight.double()))
+    _close(y1, F.linear(x.double(), lin.weight.double()))
+    assert len(linear._CSR_CACHE) == 1
+
+
 def test_sparse_linear_backward_on_cuda():
     gen = torch.Generator().manual_seed(9)
     lin = nn.Linear(40, 30)

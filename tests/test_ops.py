@@ -351,3 +351,38 @@ def test_use_isa_can_be_nested():
         pytest.fail("nested use_isa() deadlocked (sparsecnn/ops/isa.py holds a non-reentrant lock across the block)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["portable", "portable", "True"]
+
+
+# ---------------------------------------------------------------------- weight cache
+def test_weight_cache_hits_rebuilds_and_evicts():
+    """Derived objects are built once per tensor objects and key, rebuilt after an in-place
+    change, never matched to a new tensor that reuses a freed one's id, and evicted LRU."""
+    from sparsecnn.ops.weight_cache import WeightCache
+
+    cache, builds = WeightCache(size=2), []
+
+    def build(t):
+        builds.append(1)
+        return float(t.sum())
+
+    a = torch.ones(4)
+    assert cache.get((a,), "k", lambda: build(a)) == 4.0
+    assert cache.get((a,), "k", lambda: build(a)) == 4.0 and len(builds) == 1
+    assert cache.get((a,), "other", lambda: build(a)) == 4.0 and len(builds) == 2  # another key
+    a.mul_(2.0)  # version bump
+    assert cache.get((a,), "k", lambda: build(a)) == 8.0 and len(builds) == 3
+    b, c = torch.ones(2), torch.ones(3)
+    cache.get((b,), "k", lambda: build(b))
+    cache.get((c,), "k", lambda: build(c))
+    assert len(cache) == 2  # size 2: the oldest entries went
+    old_id = id(b)
+    del b
+    d = torch.zeros(5)  # may reuse b's id: the weak reference tells them apart
+    got = cache.get((d,), "k", lambda: build(d))
+    assert got == 0.0 or id(d) != old_id
+    with torch.inference_mode():
+        e = torch.ones(2)
+        n = len(builds)
+        cache.get((e,), "k", lambda: build(e))
+        cache.get((e,), "k", lambda: build(e))
+        assert len(builds) == n + 2  # no version counter: never cached

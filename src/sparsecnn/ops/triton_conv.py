@@ -55,13 +55,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
+
+from .weight_cache import WeightCache
 
 logger = logging.getLogger(__name__)
 
@@ -458,9 +457,7 @@ _JITTED: dict = {}
 # --------------------------------------------------------------------------- #
 # plan cache (for callers that do not keep their own plan, e.g. the torch op)
 # --------------------------------------------------------------------------- #
-_PLAN_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_PLAN_CACHE_SIZE = 64
-_PLAN_CACHE_LOCK = threading.Lock()
+_PLAN_CACHE = WeightCache(size=64)
 
 
 def clear_plan_cache() -> None:
@@ -469,46 +466,18 @@ def clear_plan_cache() -> None:
     Example:
         >>> clear_plan_cache()
     """
-    with _PLAN_CACHE_LOCK:
-        _PLAN_CACHE.clear()
-
-
-def _versions(*ts: torch.Tensor) -> Optional[tuple]:
-    try:
-        return tuple(t._version for t in ts)
-    except RuntimeError:  # inference tensors have no version counter: do not cache
-        return None
+    _PLAN_CACHE.clear()
 
 
 def _cached_plan(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor,
                  geometry: tuple, device: torch.device, block_r: int) -> SparseConvPlan:
-    """Plan for these exact tensor objects; rebuilt if any of them was modified in place.
-
-    Entries hold weak references, so a freed weight never matches a new tensor
-    that happens to reuse its ``id``.
-    """
+    """Plan for these exact tensor objects; rebuilt if any of them was modified in place
+    (:class:`~sparsecnn.ops.weight_cache.WeightCache`)."""
     weight_shape, hw, stride, padding, dilation, groups = geometry
-    tensors = (values, col_idx, row_ptr)
-    vers = _versions(*tensors)
-    key = (tuple(id(t) for t in tensors), tuple(weight_shape), hw, stride, padding, dilation, groups,
-           str(device), block_r)
-    if vers is not None:
-        with _PLAN_CACHE_LOCK:
-            entry = _PLAN_CACHE.get(key)
-            if entry is not None:
-                refs, old_vers, plan = entry
-                if old_vers == vers and all(r() is t for r, t in zip(refs, tensors)):
-                    _PLAN_CACHE.move_to_end(key)
-                    return plan
-                del _PLAN_CACHE[key]
-    plan = build_plan(values, col_idx, row_ptr, weight_shape, hw, stride, padding, dilation, groups,
-                      device=device, block_r=block_r)
-    if vers is not None:
-        with _PLAN_CACHE_LOCK:
-            _PLAN_CACHE[key] = (tuple(weakref.ref(t) for t in tensors), vers, plan)
-            while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-                _PLAN_CACHE.popitem(last=False)
-    return plan
+    key = ("plan", tuple(weight_shape), hw, stride, padding, dilation, groups, str(device), block_r)
+    return _PLAN_CACHE.get((values, col_idx, row_ptr), key, lambda: build_plan(
+        values, col_idx, row_ptr, weight_shape, hw, stride, padding, dilation, groups, device=device,
+        block_r=block_r))
 
 
 def _kernel() -> Callable:
