@@ -2,6 +2,7 @@
 // torch, numpy); every array is checked for device, dtype, rank and size here, the core checks
 // the rest, and all failures surface as Python exceptions (TypeError / ValueError /
 // OverflowError / MemoryError). The GIL is released while kernels run.
+#include <cmath>
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -257,7 +258,7 @@ NB_MODULE(_core, m) {
   m.def("conv2d_plan",
         [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t out_channels, int64_t cin_per_group,
            int64_t kh, int64_t kw, int64_t groups, std::vector<int64_t> stride, std::vector<int64_t> padding,
-           std::vector<int64_t> dilation, int threads) {
+           std::vector<int64_t> dilation, int threads, double density) {
           if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
             throw std::invalid_argument("stride/dilation need 2 values and padding 4");
           scnn::Conv2dArgs a;
@@ -265,6 +266,10 @@ NB_MODULE(_core, m) {
           a.kh = kh; a.kw = kw; a.groups = groups; a.stride_h = stride[0]; a.stride_w = stride[1];
           a.pad_top = padding[0]; a.pad_bottom = padding[1]; a.pad_left = padding[2]; a.pad_right = padding[3];
           a.dil_h = dilation[0]; a.dil_w = dilation[1]; a.threads = threads;
+          if (!(density >= 0.0 && density <= 1.0)) throw std::invalid_argument("density must be in [0, 1]");
+          // the planner reads only the weight's nonzero count (chunks, strided batch lanes)
+          a.weight.nnz = static_cast<int64_t>(std::llround(density * static_cast<double>(out_channels) *
+                                                           static_cast<double>(cin_per_group * kh * kw)));
           const scnn::ConvPlanInfo p = scnn::conv2d_plan(a);
           nb::dict d;
           d["vector_width"] = p.vector_width;
@@ -282,12 +287,14 @@ NB_MODULE(_core, m) {
           d["direct"] = p.direct;
           d["chunk_density"] = p.chunk_density;
           d["chunk_vectors"] = p.chunk_vectors;
+          d["chunked"] = p.chunked;
+          d["lanes_density"] = p.lanes_density;
           return d;
         },
         nb::arg("n"), nb::arg("c"), nb::arg("h"), nb::arg("w"), nb::arg("out_channels"), nb::arg("cin_per_group"),
         nb::arg("kh"), nb::arg("kw"), nb::arg("groups"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
-        nb::arg("threads"),
-        "The work sparse_conv2d plans for this geometry (kernels, vector FMAs and tile visits per nonzero, "
+        nb::arg("threads"), nb::arg("density") = 0.0,
+        "The work sparse_conv2d plans for this geometry and weight density (kernels, vector FMAs and tile visits per nonzero, "
         "layout bytes, epilogues, the density from which input-channel chunks are taken and their "
         "partial-sum vectors): what the performance model counts.");
   m.def("max_pool2d", &max_pool2d, nb::arg("x"), nb::arg("out"), nb::arg("kernel"), nb::arg("stride"),

@@ -209,14 +209,14 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
     info.layout_bytes += blocks * a.c * lp.plane * 4;
     info.layout_buffer_bytes = a.c * lp.plane * 4;
     info.read_bytes += lanes * in_bytes;
-    const int64_t pbig = (ow + lp.nxc - 1) / lp.nxc;
-    info.footprint = 4.0 * W * a.cin_per_group * (lp.rows_max + (a.kh - 1) * a.dil_h) * (pbig + (a.kw - 1) * a.dil_w);
+    info.footprint = lp.footprint;
     info.chunk_density = lp.chunk_density;
-    const int64_t nk = (a.cin_per_group + lp.chunk_fit - 1) / lp.chunk_fit;
-    info.chunk_vectors = blocks * a.out_channels * oh * ow * 2 * (nk - 1);
+    info.chunked = lp.nchunks > 1;
+    info.chunk_vectors = info.chunked ? blocks * a.out_channels * oh * ow * 2 * (lp.nchunks - 1) : 0;
   } else {
     info.chunk_density = std::numeric_limits<double>::infinity();
   }
+  info.lanes_density = lp.lanes_density;
   if (lanes < a.n) {
     const Conv2dArgs b = conv::part(a, lanes, a.n, oh, ow);
     const conv::PixelsPlan pl = conv::plan_pixels(b, isa, oh, ow);

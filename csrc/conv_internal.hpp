@@ -109,14 +109,21 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
 // ---- the batch-lanes kernel (conv_lanes.cpp)
 // Geometry of the batch-lanes layout of a call with output oh x ow.
 struct LanesPlan {
-  int64_t hrows, wcols;  // layout rows and columns (vectors of W images)
-  int64_t plane;         // floats per channel
-  int rows_max;          // R: output rows per tile
-  int64_t nxc;           // pixel chunks per output row
-  int64_t chunk_ch;      // input channels per chunk of this call (see conv_lanes.cpp)
-  int nchunks;           // chunks per group (1: none)
-  int64_t chunk_fit;     // input channels per chunk when the layer is chunked
-  double chunk_density;  // weight density from which the layer is chunked (inf: never)
+  int64_t in_rows, in_cols;  // padded input rows and columns the output reads
+  int sh, sw;                // strides: the layout holds the input's stride phases
+  int nrp, ncp;              // row / column phases some tap reads
+  int rphase[kMaxLaneStride], cphase[kMaxLaneStride];  // phase -> its plane's index, -1: unused
+  int64_t prow;              // vectors per phase-plane row
+  int64_t phase_plane;       // floats per phase plane
+  int64_t plane;             // floats per channel (all its phase planes)
+  int rows_max;              // R: output rows per tile
+  int64_t nxc;               // pixel chunks per output row
+  double footprint;          // bytes of layout one tile reads
+  int64_t chunk_ch;          // input channels per chunk of this call (see conv_lanes.cpp)
+  int nchunks;               // chunks per group (1: none)
+  int64_t chunk_fit;         // input channels per chunk when the layer is chunked
+  double chunk_density;      // weight density from which the layer is chunked (inf: never)
+  double lanes_density;      // weight density from which the layer takes this kernel (inf: never)
 };
 
 // The images of the call the batch-lanes kernel takes (whole blocks of W), or 0 (see conv_lanes.cpp).

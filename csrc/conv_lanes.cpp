@@ -1,5 +1,5 @@
 // Driver of the batch-lanes kernel (kernels/sparse_conv_batch.hpp): whole blocks of W images
-// (16 on AVX-512) with the images in the SIMD lanes, for stride-1 layers.
+// (16 on AVX-512) with the images in the SIMD lanes, for layers of strides up to kMaxLaneStride.
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -38,49 +38,93 @@ int64_t chunk_setting() {
 constexpr double kChunkL1 = 24.0 * 1024;
 constexpr double kAccL1 = 16.0 * 1024;
 constexpr double kChunkNnz = 12.0;
+constexpr int64_t kMinLanePixels = 7;
+constexpr double kStridedNnz = 100.0;
 
 }  // namespace
 
-// The images of the call the batch-lanes kernel takes (whole blocks of W), or 0: stride-1
-// layers whose rows are contiguous, except the 1x1 layers read in place by the per-image
-// kernel (no copy, no wasted lanes there), and only when a tile's input fits the L2.
+// The images of the call the batch-lanes kernel takes (whole blocks of W), or 0: layers with
+// strides up to kMaxLaneStride whose rows are contiguous, except the 1x1 stride-1 layers read in
+// place by the per-image kernel (no copy, no wasted lanes there), and only when a tile's input
+// fits the L2.
 int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, LanesPlan* lp) {
   const int W = isa.width;
-  if (!lanes_enabled() || a.n < W || a.stride_h != 1 || a.stride_w != 1 || a.xs[3] != 1) return 0;
+  lp->lanes_density = std::numeric_limits<double>::infinity();
+  if (!lanes_enabled() || a.n < W || a.xs[3] != 1 || a.stride_h > kMaxLaneStride || a.stride_w > kMaxLaneStride)
+    return 0;
+  // 1x1 layers: unpadded stride-1 ones are read in place by the per-image kernel; strided ones
+  // ran 1.4x slower here than there (ResNet-50 layer2.0.downsample at batch 16).
   const bool unpadded = a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
-  if (a.kh == 1 && a.kw == 1 && unpadded) return 0;
+  const bool strided = a.stride_h > 1 || a.stride_w > 1;
+  if (a.kh == 1 && a.kw == 1 && (strided || unpadded)) return 0;
+  // Strided layers: only with at least kStridedNnz nonzeros per output channel. Their tiles are
+  // smaller (a strided tile reads ~2x the columns) and their layout splits the input into
+  // phases, so sparse rows do not cover the transposing epilogue: at batch 16, CaffeNet conv1
+  // (11x11 stride 4) took 0.70x the per-image kernel's time at density 0.4 and 1.06x at 0.1,
+  // ResNet-50's 7x7 stride-2 conv1 1.3-1.45x at 0.1-0.3 (15-44 nonzeros a row), its
+  // layer2.0.conv2 1.03-1.13x at 0.05-0.1 (58-115 a row) and 0.78-0.96x at 0.3-0.7.
+  const double row_cols = static_cast<double>(a.cin_per_group * a.kh * a.kw);
+  const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
+  const double from = strided ? kStridedNnz / row_cols : 0.0;
   const int64_t drmax = (a.kh - 1) * a.dil_h, dqmax = (a.kw - 1) * a.dil_w;
-  lp->hrows = oh + drmax;
-  lp->wcols = ow + dqmax;
-  const double plane = static_cast<double>(lp->hrows) * lp->wcols * W;
+  lp->sh = static_cast<int>(a.stride_h);
+  lp->sw = static_cast<int>(a.stride_w);
+  lp->in_rows = (oh - 1) * a.stride_h + drmax + 1;
+  lp->in_cols = (ow - 1) * a.stride_w + dqmax + 1;
+  // Stride phases: tap (r, s) of output (oy, ox) reads padded pixel (oy sh + r dil_h, ox sw +
+  // s dil_w), i.e. row oy + (r dil_h) / sh, column ox + (s dil_w) / sw of phase ((r dil_h) % sh,
+  // (s dil_w) % sw): contiguous in ox, so strided layers need no gathers. Only the phases some
+  // tap reads are laid out (a 1x1 stride-2 layer: one of four).
+  auto phases = [](int64_t k, int64_t dil, int stride, int* index) {
+    for (int q = 0; q < kMaxLaneStride; ++q) index[q] = -1;
+    for (int64_t r = 0; r < k; ++r) index[(r * dil) % stride] = 0;
+    int n = 0;
+    for (int q = 0; q < stride; ++q)
+      if (index[q] == 0) index[q] = n++;
+    return n;
+  };
+  lp->nrp = phases(a.kh, a.dil_h, lp->sh, lp->rphase);
+  lp->ncp = phases(a.kw, a.dil_w, lp->sw, lp->cphase);
+  lp->prow = (lp->in_cols + lp->sw - 1) / lp->sw;
+  const double phase_plane = static_cast<double>((lp->in_rows + lp->sh - 1) / lp->sh) * lp->prow * W;
+  const double plane = phase_plane * lp->nrp * lp->ncp;
   if (plane * a.c >= static_cast<double>(std::numeric_limits<int32_t>::max())) return 0;  // 32-bit offsets
+  lp->phase_plane = static_cast<int64_t>(phase_plane);
   lp->plane = static_cast<int64_t>(plane);
   // A row of up to max_acc pixels is one tile (transposed in groups of W in the epilogue), so an
   // image's pixels of a row are stored together, not by two tasks at different times: ResNet-50
   // layer1 3x3 (56 wide: 2 x 28 instead of 4 x 14 pixels) ran 13 % faster at batch 16; 27- and
   // 28-wide rows were unchanged.
-  const int pmax = isa.max_acc;
-  lp->nxc = (ow + pmax - 1) / pmax;
-  const int64_t pbig = (ow + lp->nxc - 1) / lp->nxc;
   // The whole L2: unlike the per-image tiles, consecutive tasks share most of their rows.
   // (CaffeNet conv3 with 2 rows per tile, 983 KB of a 1 MB L2, ran 20% faster than 1 row.)
+  // Rows split into more pixel chunks only when a single-row tile's input does not fit (a
+  // strided layer reads ~2x the columns), down to kMinLanePixels pixels per tile.
+  const int pmax = isa.max_acc;
   const double budget = static_cast<double>(l2_bytes());
-  auto footprint = [&](int64_t r) { return 4.0 * W * a.cin_per_group * (r + drmax) * (pbig + dqmax); };
+  int64_t pbig = 0;
+  auto per_channel = [&](int64_t r) {
+    return 4.0 * W * lp->nrp * lp->ncp * (r + drmax / lp->sh) * (pbig + dqmax / lp->sw);
+  };
   lp->rows_max = 0;
-  for (int r = 4; r >= 1; --r)
-    if (r * pbig <= isa.max_acc && r <= oh && footprint(r) <= budget) {
-      lp->rows_max = r;
-      break;
-    }
+  const int64_t nxc_min = (ow + pmax - 1) / pmax;
+  for (int64_t nxc = nxc_min; nxc <= ow && lp->rows_max == 0; ++nxc) {
+    pbig = (ow + nxc - 1) / nxc;
+    if (nxc > nxc_min && pbig < kMinLanePixels) break;
+    lp->nxc = nxc;
+    for (int r = 4; r >= 1 && lp->rows_max == 0; --r)
+      if (r * pbig <= isa.max_acc && r <= oh && per_channel(r) * a.cin_per_group <= budget) lp->rows_max = r;
+  }
   if (lp->rows_max == 0) return 0;
+  lp->lanes_density = from;
+  if (strided && nnz_per_row < kStridedNnz) return 0;
+  lp->footprint = per_channel(lp->rows_max) * a.cin_per_group;
   // Chunks of input channels whose slice of the tile fits kChunkL1 of the L1, taken (auto) when
   // an output channel has at least kChunkNnz nonzeros per chunk on average, i.e. from the
   // density kChunkNnz / (channels per chunk * KH * KW) up: below it the reload and store of
   // the partial sums at every chunk switch cost more than the L1 hits save.
   const int64_t cg = a.cin_per_group, setting = chunk_setting();
-  const double per_channel = 4.0 * W * (lp->rows_max + drmax) * (pbig + dqmax);
   const int64_t fits = setting > 0 ? std::min(setting, cg)
-                                   : std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel));
+                                   : std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel(lp->rows_max)));
   lp->chunk_fit = fits;
   lp->chunk_density = std::numeric_limits<double>::infinity();
   if (setting > 0 && fits < cg) lp->chunk_density = 0.0;
@@ -102,8 +146,9 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
   for (int64_t c = 0; c < a.cin_per_group; ++c)
     for (int64_t r = 0; r < a.kh; ++r)
       for (int64_t s = 0; s < a.kw; ++s)
-        table[static_cast<size_t>((c * a.kh + r) * a.kw + s)] =
-            static_cast<int32_t>(c * lp.plane + ((r * a.dil_h) * lp.wcols + s * a.dil_w) * W);
+        table[static_cast<size_t>((c * a.kh + r) * a.kw + s)] = static_cast<int32_t>(
+            c * lp.plane + (lp.rphase[(r * a.dil_h) % lp.sh] * lp.ncp + lp.cphase[(s * a.dil_w) % lp.sw]) * lp.phase_plane +
+            ((r * a.dil_h) / lp.sh * lp.prow + (s * a.dil_w) / lp.sw) * W);
 
   const float* const x_end = view_end(a);
   std::vector<float>& buf = scratch();
@@ -146,8 +191,11 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     parallel_for(ntask, threads, [&](int64_t t) {
       bool any = false;
       for (int64_t c = a.c * t / ntask; c < a.c * (t + 1) / ntask; ++c) {
-        const LaneLayoutJob job{a.x + blk * W * a.xs[0] + c * a.xs[1], a.x, x_end, a.xs[0], a.xs[2], a.h, a.w,
-                                lay + c * lp.plane, lp.hrows, lp.wcols, a.pad_top, a.pad_left};
+        LaneLayoutJob job{a.x + blk * W * a.xs[0] + c * a.xs[1], a.x, x_end, a.xs[0], a.xs[2], a.h, a.w,
+                          lay + c * lp.plane, lp.in_rows, lp.in_cols, a.pad_top, a.pad_left, lp.sh, lp.sw,
+                          lp.ncp, {}, {}, lp.prow, lp.phase_plane};
+        std::copy(lp.rphase, lp.rphase + kMaxLaneStride, job.rphase);
+        std::copy(lp.cphase, lp.cphase + kMaxLaneStride, job.cphase);
         any |= isa.lanes_layout(job);
       }
       bad[t * 8] |= any;
@@ -165,8 +213,8 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
       t.col16 = a.weight.col16;
       t.row_ptr = a.weight.row_ptr;
       t.table = table.data();
-      t.in = lay + g * a.cin_per_group * lp.plane + (oy0 * lp.wcols + ox0) * W;
-      t.row_stride = lp.wcols * W;
+      t.in = lay + g * a.cin_per_group * lp.plane + (oy0 * lp.prow + ox0) * W;
+      t.row_stride = lp.prow * W;
       t.rows = static_cast<int>(std::min<int64_t>(R, oh - oy0));
       t.pixels = static_cast<int>(small + (xc < extra ? 1 : 0));
       t.row0 = row0;

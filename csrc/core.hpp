@@ -109,6 +109,8 @@ struct ConvPlanInfo {
   // never), and then the partial sums' vector loads + stores at the chunk switches, whole batch.
   double chunk_density = 0;
   int64_t chunk_vectors = 0;
+  bool chunked = false;       // at this plan's density
+  double lanes_density = 0;   // density from which the batch-lanes kernel takes its images (inf: never)
 };
 ConvPlanInfo conv2d_plan(const Conv2dArgs& geometry);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.

@@ -289,6 +289,34 @@ def test_batch_lanes_shapes(isa, n, c, o, hw, k, pad, dil, groups, relu):
         assert_close(y, unfold_ref(x, wd, b, padding=pad, dilation=dil, groups=groups, relu=relu))
 
 
+@pytest.mark.parametrize("n, c, o, hw, k, stride, pad, dil, groups", [
+    (16, 16, 8, (14, 14), (3, 3), 2, 1, 1, 1),         # 2 x 2 phases, ResNet's strided 3x3
+    (33, 3, 8, (39, 41), (11, 11), 4, 0, 1, 1),        # CaffeNet conv1-like: 4 x 4 phases, 2 blocks + 1
+    (16, 12, 6, (17, 19), (3, 5), (3, 2), (2, 0, 1, 3), (2, 1), 2),  # dilation: phases (0, 2, 1) of 3 rows
+    (16, 8, 4, (15, 16), (4, 4), (2, 3), 1, 1, 1),     # even kernel, different strides
+    (16, 64, 8, (56, 56), (2, 2), 4, 0, 1, 1),         # stride 4 > kernel: one of four phases per axis
+    (16, 256, 4, (28, 28), (3, 3), 2, 1, 1, 1),        # 256 channels: 14-pixel rows split in 2 (L2 footprint)
+])
+def test_batch_lanes_strided(isa, n, c, o, hw, k, stride, pad, dil, groups):
+    """Strided layers with >= 100 nonzeros per output channel take the batch-lanes kernel, the
+    input split into its stride phases; against conv2d in float64, 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(n + c + o)
+    wd = random_weight((o * groups, c, *k), 1.0, gen)
+    assert wd.count_nonzero() / wd.shape[0] >= 100
+    sw = SparseWeight.from_dense(wd, groups=groups)
+    x = torch.randn(n, c * groups, *hw, generator=gen)
+    b = torch.randn(o * groups, generator=gen)
+    xp = F.pad(x, pad if isinstance(pad, tuple) and len(pad) == 4 else (pad,) * 4)
+    pair = (lambda v: [v, v] if isinstance(v, int) else list(v))
+    plan = sparsecnn._core.conv2d_plan(n, c * groups, xp.shape[2], xp.shape[3], o * groups, c, k[0], k[1], groups,
+                                       pair(stride), [0, 0, 0, 0], pair(dil), 2, 1.0)
+    assert plan["lanes_images"] == n // plan["vector_width"] * plan["vector_width"]
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(xp, sw, b, stride=stride, dilation=dil, groups=groups, relu=True)
+        assert_close(y, dense_ref(xp, wd, b, stride=stride, dilation=dil, groups=groups).clamp_min(0))
+
+
 @pytest.mark.parametrize("width", [17, 27, 59])
 def test_batch_lanes_wide_rows_with_residual(isa, width):
     """Rows wider than one transpose (P > W) store in groups of W, residual and ReLU fused."""

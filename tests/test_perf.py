@@ -84,8 +84,19 @@ def test_kernel_work_is_the_cores_plan():
             # channel, i.e. density 12 / (6 * 9); 192 channels per group = 32 chunks, whose
             # switches reload and store every output vector 31 times
             assert w["chunk_density"] == pytest.approx(12 / 54)
-            assert w["chunk_vectors"] == 256 * 13 * 13 * 2 * 31
+            dense = CONV5.kernel_work(w16 + 1, threads=2, density=0.5)
+            assert dense["chunked"] and not w["chunked"] and w["chunk_vectors"] == 0
+            assert dense["chunk_vectors"] == 256 * 13 * 13 * 2 * 31
         assert w["chunk_density"] > 0 and CONV5.kernel_work(1, threads=2)["chunk_density"] == math.inf
+        # strided layers take the batch-lanes kernel from 100 nonzeros per output channel (of
+        # 128 x 9 columns here), their input split into the 2 x 2 stride phases
+        s2 = LayerSpec("s2", "conv", 128, 128, (3, 3), (2, 2), (1, 1), (1, 1), 1, (56, 56))
+        if w16 == 16:
+            assert s2.kernel_work(16, 2)["lanes_density"] == pytest.approx(100 / 1152)
+            assert s2.kernel_work(16, 2, 0.05)["lanes_images"] == 0
+            assert s2.kernel_work(16, 2, 0.3)["lanes_images"] == 16
+            assert s2.kernel_work(16, 2, 0.3)["layout_bytes"] == 4 * 16 * 128 * 4 * 29 * 29
+        assert s2.kernel_work(1, 2, 0.3)["lanes_images"] == 0 and s2.kernel_work(1, 2)["lanes_density"] == math.inf
         # 1x1 unpadded layers are read in place (no layout), never in the lanes kernel
         one = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
         w = one.kernel_work(16, threads=2)
@@ -280,7 +291,7 @@ def test_kernel_fit_recovers_constants():
              (CONV2, 0.05, 16), (s7, 0.05, 8), (CONV2, 0.3, 1), (s7, 0.3, 1), (c56, 0.05, 1), (c56, 0.3, 16),
              (tiny, 0.2, 1), (tiny, 0.6, 1), (c56, 0.5, 16)]
     # CONV5 at 0.4 and c56 at 0.5, batch 16: the batch-lanes kernel sweeps in channel chunks
-    assert sum(b == 16 and x >= s.kernel_work(b, 2)["chunk_density"] for s, x, b in specs) == 2
+    assert sum(s.kernel_work(b, 2, x)["chunked"] for s, x, b in specs) == 2
     truth = _model(threads=2, B_copy=8e9)
     # the memory rates' priors come from the probes: B_copy and B_llc of _model
     cal._set_params(truth, [0.35e-9, 0.3e-9, 0.2e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 80e9])
@@ -301,8 +312,9 @@ def test_chunked_sweep_is_priced_from_its_density():
     whichever side of the step the last crossing is."""
     m = _model(threads=2, visit_slots=3.0, epi_slots=20.0, a_lanes=2.0)
     m.gamma = 0.9
-    w = CONV5.kernel_work(16, 2)
+    w = CONV5.kernel_work(16, 2, 0.5)
     xc = w["chunk_density"]
+    assert w["chunked"] and not CONV5.kernel_work(16, 2, 0.9 * xc)["chunked"]
     unpriced = m.predict(CONV5, 0.5, 16).t_compute
     m.tau_chunk = 0.5 * m.tau_lanes
     below, above = m.predict(CONV5, 0.9 * xc, 16), m.predict(CONV5, 0.5, 16)

@@ -60,7 +60,13 @@ struct LaneTile {
   int64_t mblock;
 };
 
-// One channel of a block of W images for the batch-lanes layout (stride 1, contiguous rows).
+// Strides up to this take the batch-lanes kernel (its layout splits the input into phases).
+constexpr int kMaxLaneStride = 4;
+
+// One channel of a block of W images for the batch-lanes layout (contiguous rows). The padded
+// input (rows x cols, pad_top / pad_left of them padding) is split into its stride phases:
+// padded pixel (i, j) goes to phase plane (rphase[i % sh], cphase[j % sw]), row i / sh, column
+// j / sw; a phase no tap reads (index -1) is skipped. Stride 1: one plane, the padded input.
 struct LaneLayoutJob {
   const float* src;     // image 0 of the block, this channel, row 0
   const float* lo;      // [lo, hi): memory of the input that may be read (the whole tensor view)
@@ -68,8 +74,12 @@ struct LaneLayoutJob {
   int64_t img_stride;   // floats between images
   int64_t row_stride;   // floats between rows
   int64_t h, w;
-  float* dst;           // hrows x wcols vectors of W floats
-  int64_t hrows, wcols, pad_top, pad_left;
+  float* dst;           // the channel's phase planes, each phase_plane floats
+  int64_t rows, cols, pad_top, pad_left;
+  int sh, sw, ncp;      // strides; column phases laid out
+  int rphase[kMaxLaneStride], cphase[kMaxLaneStride];
+  int64_t prow;         // vectors per phase-plane row
+  int64_t phase_plane;  // floats per phase plane
 };
 
 struct LinearTile {

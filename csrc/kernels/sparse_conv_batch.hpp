@@ -199,24 +199,35 @@ void lanes_tile(const LaneTile& t) {
   fn(t);
 }
 
-// Lays out one channel of a block of W images (stride 1, contiguous rows): plane row i, column
-// j holds the W images' input pixel (i - pad_top, j - pad_left), zero outside the image.
-// Returns whether a NaN/Inf was read.
+// Lays out one channel of a block of W images (contiguous rows): padded pixel (i, j) of the W
+// images goes, as one vector, to its stride phase's plane (LaneLayoutJob), zero outside the
+// image; stride 1: plane row i, column j. Returns whether a NaN/Inf was read.
 template <class V>
 bool lanes_layout(const LaneLayoutJob& job) {
   using T = typename V::T;
   constexpr int W = V::W;
-  const int64_t h = job.h, w = job.w, hrows = job.hrows, wcols = job.wcols;
-  const int64_t pt = job.pad_top, pl = job.pad_left;
+  const int64_t h = job.h, w = job.w, rows = job.rows, cols = job.cols;
+  const int64_t pt = job.pad_top, pl = job.pad_left, pp = job.phase_plane;
+  const int sh = job.sh, sw = job.sw;
   bool bad = false;
-  for (int64_t i = 0; i < hrows; ++i) {
-    float* dst = job.dst + i * wcols * W;
-    const int64_t iy = i - pt;
-    if (iy < 0 || iy >= h) {
-      for (int64_t j = 0; j < wcols; ++j) V::store(dst + j * W, V::zero());
+  for (int64_t i = 0, iq = 0, ir = 0; i < rows; ++i) {  // iq = i / sh, ir = i % sh
+    const int rp = job.rphase[ir];
+    if (++ir == sh) ir = 0;
+    if (rp < 0) {
+      if (ir == 0) ++iq;
       continue;
     }
-    for (int64_t j0 = 0; j0 < wcols; j0 += W) {
+    float* drow = job.dst + rp * job.ncp * pp + iq * job.prow * W;
+    if (ir == 0) ++iq;
+    const int64_t iy = i - pt;
+    if (iy < 0 || iy >= h) {
+      for (int64_t j = 0, jq = 0, jr = 0; j < cols; ++j) {
+        if (job.cphase[jr] >= 0) V::store(drow + job.cphase[jr] * pp + jq * W, V::zero());
+        if (++jr == sw) jr = 0, ++jq;
+      }
+      continue;
+    }
+    for (int64_t j0 = 0; j0 < cols; j0 += W) {
       // columns j0 .. j0 + W - 1 read source columns j0 - pl ...; lanes [lo, hi) are inside
       const int64_t first = j0 - pl;
       const int64_t lo = first < 0 ? (-first < W ? -first : W) : 0;
@@ -231,8 +242,16 @@ bool lanes_layout(const LaneLayoutJob& job) {
         }
       }
       V::transpose(v);
-      const int64_t n = wcols - j0 < W ? wcols - j0 : W;
-      for (int64_t k = 0; k < n; ++k) V::store(dst + (j0 + k) * W, v[k]);
+      const int64_t n = cols - j0 < W ? cols - j0 : W;
+      if (sw == 1) {
+        for (int64_t k = 0; k < n; ++k) V::store(drow + (j0 + k) * W, v[k]);
+      } else {
+        int64_t jq = j0 / sw, jr = j0 % sw;
+        for (int64_t k = 0; k < n; ++k) {
+          if (job.cphase[jr] >= 0) V::store(drow + job.cphase[jr] * pp + jq * W, v[k]);
+          if (++jr == sw) jr = 0, ++jq;
+        }
+      }
     }
   }
   return bad;

@@ -50,7 +50,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -298,24 +297,6 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------- timing
-def _median_times(fns: list[Callable[[], Any]], repeats: int, cuda: bool) -> list[float]:
-    """Median seconds of each function; the runs are interleaved so that a load change on a
-    shared machine hits all of them alike."""
-    for fn in fns:  # warm-up
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    ts: list[list[float]] = [[] for _ in fns]
-    for _ in range(max(1, repeats)):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            ts[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in ts]
-
-
 def _deepcopy(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also copes with ``torch.nn.utils.prune``'d modules (whose computed
     ``weight`` attribute is a non-leaf tensor, which deepcopy refuses)."""
@@ -553,13 +534,16 @@ def _decide(row: LayerDecision, layer: nn.Module, rec: list[_Call], perf: Any, p
         reason = f"density {row.density:.3f} {'<' if sparse else '>='} {GPU_FALLBACK_DENSITY} ({why})"
         log.info("sparsify: %s: %s", row.name, reason)
     if policy == "measure" and isinstance(rec[0].inp, torch.Tensor):
+        from sparsecnn.perf.probe import interleaved_medians
+
         x = rec[0].inp
         fuse = relu_name is not None
         sp = SparseConv2d.from_dense(layer, relu=fuse) if row.type == "conv" else SparseLinear.from_dense(layer, relu=fuse)
         sp = sp.to(x.device)
         with torch.inference_mode():
             dense_fn = (lambda: torch.relu(layer(x))) if fuse else (lambda: layer(x))
-            row.meas_dense_s, row.meas_sparse_s = _median_times([dense_fn, lambda: sp(x)], repeats, cuda)
+            row.meas_dense_s, row.meas_sparse_s = interleaved_medians(
+                [dense_fn, lambda: sp(x)], repeats, sync=torch.cuda.synchronize if cuda else None)
         sparse = row.meas_sparse_s < row.meas_dense_s
         row.decision = "sparse" if sparse else "dense"
         reason = (f"measured {row.meas_dense_s / row.meas_sparse_s:.2f}x"

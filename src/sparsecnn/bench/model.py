@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from sparsecnn.bench.layers import max_rel_error
-from sparsecnn.perf.probe import settle_allocator
+from sparsecnn.perf.probe import interleaved_medians, settle_allocator
 
 __all__ = ["run_model_bench", "format_model_table", "CAFFENET_FC_DENSITY"]
 
@@ -72,15 +72,7 @@ def _load_model(name: str, weights: str | None) -> tuple[nn.Module, list[str]]:
 
 def _time_models(models: Sequence[nn.Module], x: torch.Tensor, repeats: int) -> list[float]:
     with torch.inference_mode():
-        for m in models:
-            m(x)
-        ts: list[list[float]] = [[] for _ in models]
-        for _ in range(max(1, repeats)):
-            for i, m in enumerate(models):
-                t0 = time.perf_counter()
-                m(x)
-                ts[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in ts]
+        return interleaved_medians([lambda m=m: m(x) for m in models], repeats)
 
 
 def _layer_times(model: nn.Module, names: Sequence[str], x: torch.Tensor, repeats: int) -> dict[str, float]:

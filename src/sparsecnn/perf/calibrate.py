@@ -266,13 +266,14 @@ def _spec(name: str, cin: int, cout: int, k: int, hw: int, pad: int, stride: int
 #: used on -- 13x13 and 7x7 maps (few vectors per row), a grouped 5x5 at 27x27, 56x56 and 28x28
 #: maps, a strided 3x3, 1x1 layers read in place -- at batch 1 (per-image kernel, channel
 #: ranges shared by the threads), 4 (per-image kernel, a thread per image) and 16 (the
-#: batch-lanes kernel), and a tiny layer that is all fixed cost.
+#: batch-lanes kernel; the strided 3x3 only at 0.3, per-image at 0.05; input-channel chunks at
+#: the densest point of four layers), and a tiny layer that is all fixed cost.
 CALIB_POINTS: list[tuple[LayerSpec, tuple[float, ...], tuple[int, ...]]] = [
     (_spec("c3x3_13", 192, 192, 3, 13, 1), (0.03, 0.15, 0.5), (1, 16)),
     (_spec("c5x5_27g2", 96, 256, 5, 27, 2, groups=2), (0.05, 0.3), (1, 16)),
     (_spec("c3x3_56", 64, 64, 3, 56, 1), (0.05, 0.3, 0.5), (1, 16)),
     (_spec("c3x3_28", 128, 128, 3, 28, 1), (0.1, 0.5), (4,)),
-    (_spec("c3x3s2_56", 128, 128, 3, 56, 1, stride=2), (0.05, 0.3), (1, 4)),
+    (_spec("c3x3s2_56", 128, 128, 3, 56, 1, stride=2), (0.05, 0.3), (1, 4, 16)),
     (_spec("c3x3_7", 512, 512, 3, 7, 1), (0.05, 0.5), (1, 16)),
     (_spec("c1x1_28", 512, 128, 1, 28, 0), (0.05, 0.3), (1, 8)),
     (_spec("c1x1_14", 256, 512, 1, 14, 0), (0.05, 0.5), (1, 8)),
@@ -322,11 +323,10 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
     """
     specs = [(LayerSpec.from_dict(s["spec"]), s["density"], s["batch"], s["t"]) for s in samples]
     threads = model.machine.threads
-    has_lanes = any(spec.kernel_work(bsz, threads)["lanes_images"] > 0 for spec, _, bsz, _ in specs)
-    has_direct = any(spec.kernel_work(bsz, threads)["direct"] for spec, _, bsz, _ in specs)
-    has_chunks = any(spec.kernel_work(bsz, threads)["lanes_images"] > 0
-                     and x >= spec.kernel_work(bsz, threads).get("chunk_density", math.inf)
-                     for spec, x, bsz, _ in specs)
+    plans = [spec.kernel_work(bsz, threads, x) for spec, x, bsz, _ in specs]
+    has_lanes = any(w["lanes_images"] > 0 for w in plans)
+    has_direct = any(w["direct"] for w in plans)
+    has_chunks = any(w["chunked"] for w in plans)
 
     def errors(lp: np.ndarray) -> list[float]:
         _set_params(model, np.exp(lp))

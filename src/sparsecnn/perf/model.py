@@ -293,17 +293,23 @@ class PerfModel:
         f_conv = self.machine.F_conv_max * c / (c + self.machine.C_half)
         return c / f_conv
 
-    def work(self, spec: LayerSpec, batch: int) -> dict[str, Any]:
-        """The kernel's own plan for this layer and batch (see :meth:`LayerSpec.kernel_work`)."""
-        return spec.kernel_work(batch, self.machine.threads)
+    def work(self, spec: LayerSpec, batch: int, x: float = 0.0) -> dict[str, Any]:
+        """The kernel's own plan for this layer, batch and density (see :meth:`LayerSpec.kernel_work`)."""
+        return spec.kernel_work(batch, self.machine.threads, x)
 
-    def memory_time(self, spec: LayerSpec, batch: int) -> float:
+    def plan_changes(self, spec: LayerSpec, batch: int) -> list[float]:
+        """Densities in (0, 1] where the kernel's plan changes (the batch-lanes kernel taking a
+        strided layer, input-channel chunks): the sparse time may step there."""
+        w = self.work(spec, batch, 1.0)
+        return sorted({x for x in (w["lanes_density"], w["chunk_density"]) if 0.0 < x <= 1.0})
+
+    def memory_time(self, spec: LayerSpec, batch: int, x: float = 0.0) -> float:
         """Time of the kernel's memory streams: the input read (not for a 1x1 layer read in
         place, see below) and the output written (at the L3 rate when both tensors
         fit in L3), and the layout written into its buffer (at the L3 rate when the buffers the
         threads fill at a time fit in L3: one block of images per thread, or the whole batch)."""
         mach = self.machine
-        w = self.work(spec, batch)
+        w = self.work(spec, batch, x)
         llc = 0.75 * mach.l3_bytes
         tensors = w["read_bytes"] + spec.output_bytes(batch)
         # a 1x1 layer read in place has no layout; its one input pass is a read-only NaN/Inf scan
@@ -316,9 +322,10 @@ class PerfModel:
         buffers = w["layout_buffer_bytes"] * (max(1, mach.threads) if w["image_mode"] else 1)
         return t + w["layout_bytes"] / (mach.B_copy_llc if buffers <= llc else mach.B_copy)
 
-    def coefficients(self, spec: LayerSpec, batch: int) -> tuple[float, float, float, float, float]:
-        """``(t_fixed, c0, kc, b0, kb)`` with ``t_compute = c0 + kc x`` and ``t_bw = b0 + kb x``
-        below the density where the chunks start (:meth:`compute_time` prices the whole range).
+    def coefficients(self, spec: LayerSpec, batch: int, x: float = 0.0) -> tuple[float, float, float, float, float]:
+        """``(t_fixed, c0, kc, b0, kb)`` of the kernel's plan at density ``x``, with ``t_compute =
+        c0 + kc x`` and ``t_bw = b0 + kb x`` as long as that plan holds (:meth:`plan_changes`;
+        :meth:`compute_time` also prices input-channel chunks).
 
         * ``kc = nnz_dense (fmas tau_fma + lanes_fmas tau_lanes + visits tau_visit) / threads``
           from the kernel's plan (:meth:`work`), ``c0 = 0`` (with ``gamma != 1``,
@@ -326,13 +333,13 @@ class PerfModel:
         * ``b0 = S_A / B_act``, ``kb = b S_W / B_w`` (L3 or DRAM roof, see :meth:`bandwidth`);
         * ``t_fixed = t0 + memory_time + epilogues tau_epi / threads`` (:meth:`memory_time`).
         """
-        w = self.work(spec, batch)
+        w = self.work(spec, batch, x)
         th = max(1, self.machine.threads)
         tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
         tau_p = self.tau_direct if (w["direct"] and self.tau_direct is not None) else self.tau_fma
         per_nz = w["vec_fmas"] * tau_p + w["lanes_vec_fmas"] * tau_l + w["visits"] * self.tau_visit
         kc = spec.weight_numel * per_nz / th
-        t_fixed = self.t0 + self.memory_time(spec, batch) + w["epilogues"] * self.tau_epi / th
+        t_fixed = self.t0 + self.memory_time(spec, batch, x) + w["epilogues"] * self.tau_epi / th
         b0 = spec.act_bytes(batch) / self.bandwidth(spec, batch)
         kb = self.b * spec.weight_bytes() / self.weight_bandwidth(spec)
         return t_fixed, 0.0, kc, b0, kb
@@ -343,12 +350,12 @@ class PerfModel:
 
     def compute_time(self, spec: LayerSpec, batch: int, x: float) -> float:
         """``t_compute`` at density ``x``: ``c0 + kc 0.1 (x / 0.1)^gamma`` (:meth:`coefficients`);
-        from the plan's ``chunk_density`` up (a fitted ``tau_chunk`` given) the batch-lanes part
-        is priced as its chunked sweep, ``(x nnz_dense lanes_fmas + chunk_vectors) tau_chunk /
+        where the plan sweeps in input-channel chunks (a fitted ``tau_chunk`` given) the
+        batch-lanes part is priced as ``(x nnz_dense lanes_fmas + chunk_vectors) tau_chunk /
         threads``, linear in ``x`` (FMAs fed from L1 do not get cheaper with longer rows)."""
-        _, c0, kc, _, _ = self.coefficients(spec, batch)
-        w = self.work(spec, batch)
-        if self.tau_chunk is None or not x >= w.get("chunk_density", math.inf) or not w["lanes_vec_fmas"]:
+        _, c0, kc, _, _ = self.coefficients(spec, batch, x)
+        w = self.work(spec, batch, x)
+        if self.tau_chunk is None or not w["chunked"] or not w["lanes_vec_fmas"]:
             return c0 + kc * self._density_scale(x)
         th = max(1, self.machine.threads)
         tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
@@ -358,8 +365,8 @@ class PerfModel:
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
-        t_fixed, _, _, b0, kb = self.coefficients(spec, batch)
         x = float(density)
+        t_fixed, _, _, b0, kb = self.coefficients(spec, batch, x)
         return t_fixed, self.compute_time(spec, batch, x), b0 + kb * x
 
     # ------------------------------------------------------------------ public API
@@ -396,34 +403,36 @@ class PerfModel:
         """Density where predicted speedup = 1 (paper's lower bound of sparsity), or None.
 
         The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense / target`` (increasing in
-        ``x`` on each side of the chunks' step, the last root when there are two; without
-        chunks and with ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
+        ``x`` between the densities where the kernel's plan changes, :meth:`plan_changes`; the
+        last root when there are several; with one plan throughout and ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
         - t_fixed``). ``target`` other than 1 gives the density of that predicted speedup (used
         by :meth:`breakeven_band`). May exceed 1 (sparse faster even when dense); None when
         even ``x -> 0`` does not reach ``target``.
         """
         if not target > 0:
             raise ValueError(f"target speedup must be positive, got {target}")
-        t_dense = self.dense_time(spec, batch)
-        t_fixed, c0, _, b0, kb = self.coefficients(spec, batch)
-        budget = t_dense / target - t_fixed
-        if budget <= max(c0, b0):  # even x -> 0 is not faster than dense
-            return None
+        limit = self.dense_time(spec, batch) / target
 
         def excess(x: float) -> float:
-            return max(self.compute_time(spec, batch, x), b0 + kb * x) - budget
+            t_fixed, t_comp, t_bw = self.terms(spec, x, batch)
+            return t_fixed + max(t_comp, t_bw) - limit
+
+        if excess(0.0) >= 0:  # even x -> 0 is not faster than dense
+            return None
 
         hi = 1.0
         while excess(hi) < 0 and hi < 1e6:
             hi *= 2.0
         if excess(hi) < 0:
             return math.inf
-        # each side of the step where the chunks start is increasing: the break-even is on the
-        # chunked side when that side still beats dense where it starts
-        xc = self.work(spec, batch).get("chunk_density", math.inf) if self.tau_chunk is not None else math.inf
-        if 0.0 < xc < hi and excess(xc) < 0:
-            return self._bisect(excess, xc, hi)
-        return self._bisect(excess, 0.0, min(hi, xc))
+        # between the densities where the plan changes the time increases: the break-even is in
+        # the last piece that still beats dense where it starts
+        starts = [0.0] + [x for x in self.plan_changes(spec, batch) if x < hi]
+        ends = starts[1:] + [hi]
+        for lo, end in reversed(list(zip(starts, ends))):
+            if excess(lo) < 0:
+                return self._bisect(excess, lo, end)
+        return 0.0
 
     @property
     def uncertainty(self) -> float:
@@ -472,10 +481,9 @@ class PerfModel:
         not shrink with density (at most another 2x to gain). 1.0 when the floor dominates at
         every density.
         """
-        t_fixed, _, _, b0, kb = self.coefficients(spec, batch)
-
         def gap(x: float) -> float:
-            return self.compute_time(spec, batch, x) - (t_fixed + b0 + kb * x)
+            t_fixed, t_comp, t_bw = self.terms(spec, x, batch)
+            return t_comp - (t_fixed + t_bw)
 
         if gap(0.0) >= 0:
             return 0.0

@@ -24,14 +24,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from .spec import LayerSpec
 
 __all__ = [
-    "median_time", "settle_allocator", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
+    "median_time", "interleaved_medians", "settle_allocator", "sgemm_flops", "stream_bandwidth", "copy_bandwidth", "dense_conv_time",
     "cpu_model", "active_isa", "library_version", "cache_sizes", "num_threads", "QuietWaiter",
 ]
 
@@ -93,6 +93,34 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
         ts.append(dt)
         spent += dt
     return statistics.median(ts)
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int = 5,
+                        sync: Callable[[], object] | None = None) -> list[float]:
+    """Median wall time of each of ``fns`` in seconds, their calls interleaved round by round so
+    that a load change on a shared machine hits all of them alike (one warm-up call each;
+    ``sync``, e.g. ``torch.cuda.synchronize``, after each call).
+
+    Example:
+        >>> a, b = interleaved_medians([lambda: sum(range(10)), lambda: sum(range(10000))], repeats=3)
+        >>> 0 < a < b
+        True
+    """
+    if not _settled:
+        settle_allocator()
+    for fn in fns:
+        fn()
+        if sync is not None:
+            sync()
+    ts: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            ts[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in ts]
 
 
 def _cpu_busy() -> tuple[float, float] | None:

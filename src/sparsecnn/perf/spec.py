@@ -21,8 +21,9 @@ from typing import Any
 __all__ = ["LayerSpec", "FLOAT_BYTES"]
 
 FLOAT_BYTES = 4
-#: kernel plans per (shape, batch, threads), filled by LayerSpec.kernel_work
-_WORK_CACHE: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+#: kernel plans per (shape, batch, threads, isa, density), filled by LayerSpec.kernel_work
+_WORK_CACHE: dict[tuple[str, int, int, str, float], dict[str, Any]] = {}
+_WORK_CACHE_SIZE = 8192
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -174,8 +175,10 @@ class LayerSpec:
         """``S_W``: dense float32 weight bytes."""
         return FLOAT_BYTES * self.weight_numel
 
-    def kernel_work(self, batch: int, threads: int = 1) -> dict[str, Any]:
-        """The work the sparse kernel plans for this layer (the compiled core's own plan).
+    def kernel_work(self, batch: int, threads: int = 1, density: float = 0.0) -> dict[str, Any]:
+        """The work the sparse kernel plans for this layer at this weight density (the compiled
+        core's own plan; the density decides input-channel chunks and whether a strided layer
+        takes the batch-lanes kernel).
 
         Convolutions ask ``sparsecnn._core.conv2d_plan`` (the planner ``sparse_conv2d`` runs,
         for the active ISA and ``threads``): ``vec_fmas`` / ``lanes_vec_fmas`` (vector FMAs per
@@ -183,7 +186,10 @@ class LayerSpec:
         visits per nonzero), ``epilogues`` (output channel x tile stores), ``layout_bytes`` /
         ``read_bytes`` (the input pass), ``layout_buffer_bytes`` (one buffer: a block of images
         per thread in image mode, else the batch), ``footprint``, ``direct`` (the input is read
-        in place, unaligned) and which kernel runs how many images.
+        in place, unaligned), which kernel runs how many images, ``chunked`` (the batch-lanes
+        kernel sweeps in input-channel chunks; then ``chunk_vectors`` partial-sum loads and
+        stores) and the densities from which chunks (``chunk_density``) and the batch-lanes
+        kernel (``lanes_density``) are taken.
         A linear layer vectorises over the batch (tiles of 4 vectors), transposing the input
         unless the batch is 1.
 
@@ -194,7 +200,8 @@ class LayerSpec:
         """
         from sparsecnn import _core
 
-        key = (self.shape_key(), int(batch), int(threads), _core.active_isa())
+        density = min(1.0, max(0.0, float(density)))
+        key = (self.shape_key(), int(batch), int(threads), _core.active_isa(), density)
         hit = _WORK_CACHE.get(key)
         if hit is not None:
             return hit
@@ -206,14 +213,17 @@ class LayerSpec:
             w = {"vector_width": simd, "lanes_images": 0, "pixel_images": batch, "vec_fmas": nvec,
                  "lanes_vec_fmas": 0, "visits": chunks, "epilogues": self.out_channels * chunks,
                  "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(FLOAT_BYTES * batch * self.in_channels),
-                 "image_mode": False, "direct": False}
+                 "image_mode": False, "direct": False, "chunked": False, "chunk_vectors": 0,
+                 "chunk_density": math.inf, "lanes_density": math.inf}
         else:
             cg = self.in_channels // self.groups
             w = dict(_core.conv2d_plan(
                 int(batch), self.in_channels, self.input_hw[0], self.input_hw[1], self.out_channels, cg,
                 self.kernel[0], self.kernel[1], self.groups, list(self.stride),
                 [self.padding[0], self.padding[0], self.padding[1], self.padding[1]], list(self.dilation),
-                int(threads)))
+                int(threads), density))
+        if len(_WORK_CACHE) >= _WORK_CACHE_SIZE:  # the model's bisections ask at many densities
+            _WORK_CACHE.clear()
         _WORK_CACHE[key] = w
         return w
 
