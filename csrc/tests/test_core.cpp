@@ -176,6 +176,12 @@ void test_conv_random(const char* isa) {
     k.bias = it % 2; k.relu = it % 3 == 0; k.channels_last = it % 5 == 1; k.use16 = it % 4 != 3;
     k.residual = it % 4 == 1;
     k.density = densities[it % 5];
+    if (k.n >= 16 && it % 12 == 10) {  // a strided layer dense enough for the batch-lanes kernel (phases)
+      k.g = 1; k.c = 24; k.o = pick(1, 5); k.kh = k.kw = 3;
+      k.sh = pick(2, 3); k.sw = pick(2, 4);
+      k.h = pick(9, 20); k.w = pick(9, 40);
+      k.density = 1.0;  // 216 nonzeros per output channel
+    }
     k.threads = 1 + it % 3;
     if (!run_conv_case(k, rng)) {
       ++bad;
