@@ -39,7 +39,8 @@ L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a lit
 ``a = tau_fma * F / (2 * W * threads)`` (vector width ``W``): how far below SGEMM each useful
 FLOP runs. The ten constants ``tau_fma, tau_lanes, tau_chunk, tau_direct, tau_visit, tau_epi, gamma,
 t0, B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse
-terms increase with ``x`` (the compute term with a step where the chunks start), so the useful
+terms increase with ``x`` between the densities where the kernel's plan changes (input-channel
+chunks, a strided layer taking the batch-lanes kernel: :meth:`PerfModel.plan_changes`), so the useful
 density range (:meth:`PerfModel.useful_range`) is found by bisection. The break-even comes with a band (:meth:`PerfModel.breakeven_band`) from the fit's own
 rms error: where the predicted speedup is ``exp(-/+ 2 sigma)``.
 
@@ -404,7 +405,8 @@ class PerfModel:
 
         The root of ``t_fixed + max(t_compute(x), t_bw(x)) = t_dense / target`` (increasing in
         ``x`` between the densities where the kernel's plan changes, :meth:`plan_changes`; the
-        last root when there are several; with one plan throughout and ``gamma = 1`` it is ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
+        last root when there are several; with one plan throughout and ``gamma = 1`` it is
+        ``min((T - c0)/kc, (T - b0)/kb)``, ``T = t_dense / target
         - t_fixed``). ``target`` other than 1 gives the density of that predicted speedup (used
         by :meth:`breakeven_band`). May exceed 1 (sparse faster even when dense); None when
         even ``x -> 0`` does not reach ``target``.
