@@ -64,6 +64,6 @@ for name, fin, fout in (("fc6", 9216, 4096), ("fc7", 4096, 4096)):
                 linear.CUSPARSE_MAX_BATCH = keep
             print(f"{name:<6}{n:>4}{d:>6.2f}{ts:>11.4f}{td:>10.4f}{td / ts:>9.2f}{forced[0]:>13.4f}{forced[1]:>11.4f}")
 PY
-step graphs 90 $py benchmarks/gpu_graphs.py --batch 1 16 --json "$out/gpu_graphs.json"
+step graphs 240 $py benchmarks/gpu_graphs.py --batch 1 16 --compiled --json "$out/gpu_graphs.json"
 step tune 150 $py benchmarks/gpu_tune.py --out "$out/gpu_tune.json"
 exit $status

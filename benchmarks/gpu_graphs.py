@@ -4,9 +4,11 @@ against cuDNN fp32 treated the same way, CaffeNet conv2-5 with the `caffenet_l1_
 At batch 1 the Triton kernel took 0.08-0.13 ms where cuDNN took 0.02-0.07 (docs/gpu.md): launch
 work on the host (the op's dispatch, Triton's launcher) plus the kernel's dependent loop. A CUDA
 graph replays the recorded launches without the host work, so the graph's time is what the kernel
-itself costs. Every time is the median of CUDA-event timings of single calls (ms).
+itself costs. With --compiled, also `torch.compile(mode="reduce-overhead")` of both modules
+(Inductor records CUDA graphs itself), batch 1 only. Every time is the median of CUDA-event
+timings of single calls (ms).
 
-    SPARSECNN_PRUNED_DIR=... python benchmarks/gpu_graphs.py [--json FILE]
+    SPARSECNN_PRUNED_DIR=... python benchmarks/gpu_graphs.py [--compiled] [--json FILE]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--compiled", action="store_true", help="also torch.compile(mode='reduce-overhead'), batch 1")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -73,6 +76,18 @@ def main() -> None:
                 row = dict(layer=f"caffenet.{name}", batch=n, density=float((conv.weight != 0).float().mean()),
                            **{f"{k}_ms": v for k, v in t.items()}, max_rel_error=err,
                            speedup=t["cudnn"] / t["sparse"], speedup_graphed=t["cudnn_graph"] / t["sparse_graph"])
+                if args.compiled and n == 1:
+                    c_sp = torch.compile(sp, mode="reduce-overhead", fullgraph=True)
+                    c_dn = torch.compile(conv, mode="reduce-overhead", fullgraph=True)
+                    t["sparse_compiled"] = _time(lambda: c_sp(x), dev, args.repeats, 20, "events")
+                    t["cudnn_compiled"] = _time(lambda: c_dn(x), dev, args.repeats, 20, "events")
+                    y_c = c_sp(x).clone()
+                    row_c = ((y_c - y_dn).abs().max() / y_dn.abs().max().clamp_min(1e-30)).item()
+                    print(f"{name:<7}{n:>3} compiled (reduce-overhead): sparse {t['sparse_compiled']:.4f} ms, "
+                          f"cudnn {t['cudnn_compiled']:.4f} ms, x {t['cudnn_compiled'] / t['sparse_compiled']:.2f}, "
+                          f"max err {row_c:.1e}")
+                    row.update(sparse_compiled_ms=t["sparse_compiled"], cudnn_compiled_ms=t["cudnn_compiled"],
+                               max_rel_error_compiled=row_c)
                 rows.append(row)
                 print(f"{name:<7}{n:>3}{t['sparse']:>9.4f}{t['sparse_graph']:>9.4f}{t['cudnn']:>9.4f}"
                       f"{t['cudnn_graph']:>9.4f}{row['speedup']:>9.2f}{row['speedup_graphed']:>11.2f}{err:>10.1e}")
