@@ -388,10 +388,6 @@ def _sparsify(model, args, policy, perf_model, threads, repeats, t_start):
     params = [p for p in net.parameters()]
     device = params[0].device if params else (x0.device if x0 is not None else torch.device("cpu"))
     cuda = device.type == "cuda"
-    if not cuda and policy in ("auto", "measure"):
-        from sparsecnn.perf.probe import settle_allocator
-
-        settle_allocator()  # the performance model's dense timings and the measured ones alike
     perf, perf_name = _get_perf(perf_model, policy, cuda, threads)
 
     modules = dict(net.named_modules())

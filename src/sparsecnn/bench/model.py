@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from sparsecnn.bench.layers import max_rel_error
-from sparsecnn.perf.probe import interleaved_medians, settle_allocator
+from sparsecnn.perf.probe import interleaved_medians
 
 __all__ = ["run_model_bench", "format_model_table", "CAFFENET_FC_DENSITY"]
 
@@ -139,7 +139,6 @@ def run_model_bench(name: str, weights: str | None = None, batches: Sequence[int
             "isa": ops.active_isa(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "input_shape": list(shape[1:]), "batches": [], "sparsify": None,
         }
-        settle_allocator()  # as sparsify(policy="measure") does: every row in the same allocator state
         fast = None
         folded, _ = sparsecnn.sparsify(model, torch.randn(1, *shape[1:]), policy="none")
         g = torch.Generator().manual_seed(0)

@@ -56,8 +56,8 @@ def settle_allocator(nbytes: int = SETTLE_BYTES) -> None:
     per 4 KB page on a VM) can swamp the layer (docs/benchmarks.md, "Memory allocator"). The
     default is the largest block that still counts: after a 16 MiB one, a dense conv2d with 12.8 MB
     outputs still gave its heap back after every call while two other such tensors were alive
-    (9,400 page faults a call, 18.6 ms instead of 9.1). :func:`median_time` calls it once per
-    process.
+    (9,400 page faults a call, 18.6 ms instead of 9.1). :func:`median_time` and
+    :func:`interleaved_medians` call it once per process, before their first timing.
 
     Example:
         >>> settle_allocator(1 << 20)
