@@ -500,10 +500,12 @@ def test_unbatched_input(isa):
         (0.5, 1, "same", 1, 4),
     ],
 )
-def test_nonfinite_inputs_match_dense(isa, density, stride, padding, dilation, groups, relu):
+@pytest.mark.parametrize("batch", [2, 16])  # 16: the batch-lanes kernel (its layout checks whole blocks)
+def test_nonfinite_inputs_match_dense(isa, batch, density, stride, padding, dilation, groups, relu):
     gen = torch.Generator().manual_seed(11)
     wd = random_weight((8, 4 // groups, 3, 3), density, gen)
-    x = torch.randn(2, 4, 12, 13, generator=gen)
+    x = torch.randn(batch, 4, 12, 13, generator=gen)
+    x[-1, 3, 6, 12] = float("inf")  # the last image: the last lane of a block
     x[0, 0, 0, 0] = float("nan")  # corner: touched by padding windows
     x[0, 1, 5, 6] = float("inf")
     x[1, 2, 11, 12] = float("-inf")

@@ -59,6 +59,8 @@ struct V {
     if (p >= lo && p + W <= hi) return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m));
     return _mm256_maskload_ps(p, m);
   }
+  // Lanes m of p, zero elsewhere, with a plain load: p[0..W) must all be readable.
+  static inline T load_clear(const float* p, Mask m) { return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m)); }
   // x[idx[0..7]] (16-bit indices read unsigned, or 32-bit)
   static inline T gather(const float* x, const uint16_t* idx) {
     return _mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);

@@ -58,11 +58,18 @@ struct V {
   static inline bool nonfinite(T v) { return _mm512_fpclass_ps_mask(v, 0x99) != 0; }
   // Masked-off lanes are not read, so the tail never touches memory past the tensor.
   static inline T load_tail(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  // Lanes m of p, zero elsewhere, with a plain load: p[0..W) must all be readable. (The asm
+  // keeps GCC from folding the load and the clear into a masked load, slow across lines.)
+  static inline T load_clear(const float* p, Mask m) {
+    T v = _mm512_loadu_ps(p);
+    asm("" : "+v"(v));
+    return _mm512_maskz_mov_ps(m, v);
+  }
   // Lanes m of p, zero elsewhere. A masked load that spans two cache lines costs ~25 cycles on
   // Zen 5 (4x a plain one), so when the whole vector lies inside [lo, hi) it is loaded plainly and
   // the lanes are cleared in a register.
   static inline T load_inside(const float* p, Mask m, const float* lo, const float* hi) {
-    if (p >= lo && p + W <= hi) return _mm512_maskz_mov_ps(m, _mm512_loadu_ps(p));
+    if (p >= lo && p + W <= hi) return load_clear(p, m);
     return _mm512_maskz_loadu_ps(m, p);
   }
   // x[idx[0..15]] (16-bit indices read unsigned, or 32-bit)

@@ -60,6 +60,7 @@ struct V {
     return any;
   }
   static inline T load_inside(const float* p, Mask m, const float*, const float*) { return load_tail(p, m); }
+  static inline T load_clear(const float* p, Mask m) { return load_tail(p, m); }
   template <class Idx>
   static inline T gather(const float* x, const Idx* idx) {
     T r;

@@ -199,6 +199,19 @@ void lanes_tile(const LaneTile& t) {
   fn(t);
 }
 
+// 0 in every lane when v[0..W) are all finite, NaN in a lane where one of them is NaN or +-Inf
+// (x * 0 is 0 for a finite x, NaN otherwise): summed over a whole channel and checked once, it
+// keeps the check off the layout's critical path.
+template <class V>
+inline typename V::T nonfinite_poison(const typename V::T* v) {
+  using T = typename V::T;
+  const T z = V::zero();
+  T s[4] = {V::fma(v[0], z, z), V::fma(v[1], z, z), V::fma(v[2], z, z), V::fma(v[3], z, z)};
+#pragma GCC unroll 16
+  for (int l = 4; l < V::W; ++l) s[l % 4] = V::fma(v[l], z, s[l % 4]);
+  return V::add(V::add(s[0], s[1]), V::add(s[2], s[3]));
+}
+
 // Lays out one channel of a block of W images (contiguous rows): padded pixel (i, j) of the W
 // images goes, as one vector, to its stride phase's plane (LaneLayoutJob), zero outside the
 // image; stride 1: plane row i, column j. Returns whether a NaN/Inf was read.
@@ -209,7 +222,7 @@ bool lanes_layout(const LaneLayoutJob& job) {
   const int64_t h = job.h, w = job.w, rows = job.rows, cols = job.cols;
   const int64_t pt = job.pad_top, pl = job.pad_left, pp = job.phase_plane;
   const int sh = job.sh, sw = job.sw;
-  bool bad = false;
+  T poison = V::zero();
   for (int64_t i = 0, iq = 0, ir = 0; i < rows; ++i) {  // iq = i / sh, ir = i % sh
     const int rp = job.rphase[ir];
     if (++ir == sh) ir = 0;
@@ -233,26 +246,38 @@ bool lanes_layout(const LaneLayoutJob& job) {
       const int64_t lo = first < 0 ? (-first < W ? -first : W) : 0;
       const int64_t hi = w - first < W ? (w - first > 0 ? w - first : 0) : W;
       T v[W];  // v[l]: W columns of image l; after the transpose v[k]: column j0 + k of all images
-      for (int l = 0; l < W; ++l) {
-        v[l] = V::zero();
-        if (lo < hi) {
-          v[l] = V::load_inside(job.src + l * job.img_stride + iy * job.row_stride + first,
-                                V::range_mask(static_cast<int>(lo), static_cast<int>(hi)), job.lo, job.hi);
-          bad |= V::nonfinite(v[l]);
+      const float* p = job.src + iy * job.row_stride + first;
+      if (lo < hi) {
+        const auto m = V::range_mask(static_cast<int>(lo), static_cast<int>(hi));
+        // Plain loads (lanes cleared in a register) when all W lie inside the tensor; the loops
+        // are unrolled so that v stays in registers through the transpose and the stores.
+        if (p >= job.lo && p + (W - 1) * job.img_stride + W <= job.hi) {
+#pragma GCC unroll 16
+          for (int l = 0; l < W; ++l) v[l] = V::load_clear(p + l * job.img_stride, m);
+        } else {
+#pragma GCC unroll 16
+          for (int l = 0; l < W; ++l) v[l] = V::load_inside(p + l * job.img_stride, m, job.lo, job.hi);
         }
+        poison = V::add(poison, nonfinite_poison<V>(v));
+      } else {
+#pragma GCC unroll 16
+        for (int l = 0; l < W; ++l) v[l] = V::zero();
       }
       V::transpose(v);
       const int64_t n = cols - j0 < W ? cols - j0 : W;
       if (sw == 1) {
-        for (int64_t k = 0; k < n; ++k) V::store(drow + (j0 + k) * W, v[k]);
+#pragma GCC unroll 16
+        for (int k = 0; k < W; ++k)
+          if (k < n) V::store(drow + (j0 + k) * W, v[k]);
       } else {
         int64_t jq = j0 / sw, jr = j0 % sw;
-        for (int64_t k = 0; k < n; ++k) {
-          if (job.cphase[jr] >= 0) V::store(drow + job.cphase[jr] * pp + jq * W, v[k]);
+#pragma GCC unroll 16
+        for (int k = 0; k < W; ++k) {
+          if (k < n && job.cphase[jr] >= 0) V::store(drow + job.cphase[jr] * pp + jq * W, v[k]);
           if (++jr == sw) jr = 0, ++jq;
         }
       }
     }
   }
-  return bad;
+  return V::nonfinite(poison);
 }
