@@ -95,17 +95,6 @@ int64_t l2_bytes() {
   return v;
 }
 
-int64_t l3_bytes() {
-  static const int64_t v = [] {
-    long s = -1;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-    s = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return s > (1 << 20) ? static_cast<int64_t>(s) : int64_t(32) << 20;
-  }();
-  return v;
-}
-
 // Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
 // per-row constant for the epilogue): bounds[g * (parts + 1) + k].
 std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {

@@ -32,8 +32,6 @@ inline std::vector<float>& scratch() {
 // Private L2 of one core, from the OS (sysconf), 1 MiB when unknown. The tile planners keep
 // the input one tile reads within it: a tile whose input spills to L3 runs at half speed.
 int64_t l2_bytes();
-// Shared L3, from the OS, 32 MiB when unknown.
-int64_t l3_bytes();
 
 // One past the last element of the input view (strides are non-negative): the layouts may read
 // anywhere in [x, view_end) -- e.g. a whole vector around a row's last pixels.

@@ -263,14 +263,6 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
       std::memset(dst + k * rep_stride + used, 0, sizeof(float) * static_cast<size_t>(rep_stride - used));
     return dst;
   };
-  // Outputs of at least half the L3 are written with non-temporal stores where a store covers a
-  // whole aligned line: they leave the caches before the next layer reads them anyway, and a
-  // plain store first reads every line in (ResNet-50's 1x1 layers at batch 16, 13-51 MB
-  // outputs: 1-7 % faster; docs/kernel.md). SPARSECNN_STREAM_MB (read at every call) moves the
-  // threshold: 0 streams every such store (the tests use it).
-  const double out_bytes = 4.0 * static_cast<double>(a.n) * a.out_channels * p.oh * p.ow;
-  const char* se = std::getenv("SPARSECNN_STREAM_MB");
-  const bool stream = out_bytes >= (se && *se ? std::atof(se) * 1048576.0 : 0.5 * static_cast<double>(l3_bytes()));
   auto run_tile = [&](const float* in0, int64_t img0, int64_t img_base, int64_t g, int64_t k, int64_t row0, int64_t row1) {
     // Chunk k covers vectors [v0, v0 + nv): the first (nvec % nchunks) chunks get one more.
     const int64_t small = nvec / nchunks, extra = nvec % nchunks;
@@ -303,7 +295,6 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     t.bias = a.bias;
     t.residual = a.residual;
     t.relu = a.relu;
-    t.stream = stream;
     isa.conv_tile(t);
   };
 

@@ -942,26 +942,3 @@ def test_expanded_input_values(isa):
     wd = random_weight((4, 3, 3, 3), 0.5, torch.Generator().manual_seed(9))
     y = sparse_conv2d(x, SparseWeight.from_dense(wd), padding=1)
     assert_close(y, dense_ref(x.contiguous(), wd, padding=1))
-
-
-@pytest.mark.parametrize("n, c, o, h, w, relu, residual", [
-    (2, 8, 12, 16, 16, False, False),   # planes of 256 floats: every store a whole aligned line
-    (3, 5, 9, 13, 13, True, True),      # planes of 169: aligned and unaligned stores mixed
-    (16, 6, 8, 7, 9, True, True),       # batch of 16, short planes, the tail masked
-    (1, 4, 20, 1, 37, False, True),     # one row
-])
-def test_streamed_stores_match_dense(isa, monkeypatch, n, c, o, h, w, relu, residual):
-    """Outputs written with non-temporal stores (SPARSECNN_STREAM_MB=0: every call) are exact."""
-    gen = torch.Generator().manual_seed(21)
-    wd = random_weight((o, c, 1, 1), 0.4, gen)
-    x = torch.randn(n, c, h, w, generator=gen)
-    b = torch.randn(o, generator=gen)
-    res = torch.randn(n, o, h, w, generator=gen) if residual else None
-    sw = SparseWeight.from_dense(wd)
-    ref = dense_ref(x, wd, b)
-    ref = torch.relu(ref + res.double()) if residual else (torch.relu(ref) if relu else ref)
-    monkeypatch.setenv("SPARSECNN_STREAM_MB", "0")
-    for threads in (1, 2):
-        with num_threads(threads):
-            y = sparse_conv2d(x, sw, b, relu=relu or residual, residual=res)
-        assert_close(y, ref)

@@ -77,11 +77,6 @@ struct V {
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm256_storeu_ps(p, v); }
-  // A vector is half a line: no non-temporal stores here (a half-written line would be flushed
-  // partially).
-  static constexpr bool kStream = false;
-  static inline void stream(float* p, T v) { storeu(p, v); }
-  static inline void stream_fence() {}
   static inline void store_tail(float* p, T v, Mask m) { _mm256_maskstore_ps(p, m, v); }
 };
 

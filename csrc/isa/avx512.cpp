@@ -84,11 +84,6 @@ struct V {
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm512_storeu_ps(p, v); }
-  // A whole 64-byte-aligned line written without reading it first (non-temporal: it goes to
-  // memory, not the caches); stream_fence() orders such stores before the results are read.
-  static constexpr bool kStream = true;
-  static inline void stream(float* p, T v) { _mm512_stream_ps(p, v); }
-  static inline void stream_fence() { _mm_sfence(); }
   static inline void store_tail(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
 };
 

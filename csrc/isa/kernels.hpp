@@ -30,7 +30,6 @@ struct ConvTile {
   const float* bias;
   const float* residual;  // added before the ReLU, indexed like out; null for none
   bool relu;
-  bool stream;           // whole aligned output lines with non-temporal stores (outputs above the L3)
 };
 
 // One tile of the batch-lanes convolution (kernels/sparse_conv_batch.hpp): W images starting

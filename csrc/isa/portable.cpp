@@ -88,9 +88,6 @@ struct V {
     for (int i = 0; i < W; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return r;
   }
-  static constexpr bool kStream = false;
-  static inline void stream(float* p, T v) { storeu(p, v); }
-  static inline void stream_fence() {}
   static inline void storeu(float* p, T v) {
     for (int i = 0; i < W; ++i) p[i] = v.v[i];
   }

@@ -5,17 +5,14 @@
 
 template <class V>
 inline void store_segment(float* dst, const float* src, int64_t n, typename V::T vb, bool relu,
-                          const float* res, bool stream = false) {
+                          const float* res) {
   constexpr int W = V::W;
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     typename V::T r = V::add(V::loadu(src + i), vb);
     if (res) r = V::add(r, V::loadu(res + i));
     if (relu) r = V::max(V::zero(), r);  // max(0, NaN) keeps NaN, as torch.relu does
-    if (V::kStream && stream && reinterpret_cast<uintptr_t>(dst + i) % 64 == 0)
-      V::stream(dst + i, r);
-    else
-      V::storeu(dst + i, r);
+    V::storeu(dst + i, r);
   }
   if (i < n) {
     const auto m = V::tail_mask(static_cast<int>(n - i));

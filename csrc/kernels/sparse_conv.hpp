@@ -77,7 +77,7 @@ void conv_rows(const ConvTile& t) {
       const float* res = t.residual ? t.residual + base : nullptr;
       const float* src = buf[b];
       if (t.wrow == t.ow) {
-        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu, res ? res + t.p0 : nullptr, t.stream);
+        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu, res ? res + t.p0 : nullptr);
         continue;
       }
       // Walk the widened rows the tile covers (first and last may be partial): no division
@@ -93,7 +93,6 @@ void conv_rows(const ConvTile& t) {
       }
     }
   }
-  if (t.stream) V::stream_fence();
 }
 
 template <class V, int NB, int NV>
