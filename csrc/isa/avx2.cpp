@@ -53,14 +53,14 @@ struct V {
   static inline bool nonfinite(T v) { return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_UNORD_Q)) != 0; }
   // vmaskmovps does not fault on masked-off lanes.
   static inline T load_tail(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+  // Lanes m of p, zero elsewhere, with a plain load: p[0..W) must all be readable.
+  static inline T load_clear(const float* p, Mask m) { return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m)); }
   // Lanes m of p, zero elsewhere; a plain load (lanes cleared in a register) when the whole
   // vector lies inside [lo, hi): masked loads that span two cache lines are slow.
   static inline T load_inside(const float* p, Mask m, const float* lo, const float* hi) {
-    if (p >= lo && p + W <= hi) return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m));
+    if (p >= lo && p + W <= hi) return load_clear(p, m);
     return _mm256_maskload_ps(p, m);
   }
-  // Lanes m of p, zero elsewhere, with a plain load: p[0..W) must all be readable.
-  static inline T load_clear(const float* p, Mask m) { return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(m)); }
   // x[idx[0..7]] (16-bit indices read unsigned, or 32-bit)
   static inline T gather(const float* x, const uint16_t* idx) {
     return _mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
