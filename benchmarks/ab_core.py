@@ -1,28 +1,33 @@
 """A/B two builds of the compiled core in one process, calls interleaved.
 
 On the shared 2-vCPU machine, timings of separate processes drift by 10-30 % while the other
-tenants come and go; two kernels run back to back in one process see the same state. This
+tenants come and go (and while the two vCPUs move between core complexes, docs/kernel.md "Where
+the layout lives"); two kernels run back to back in one process see the same state. This
 loads two ``_core`` extension files side by side (each under its own module object), checks
-both against ``torch.nn.functional.conv2d``, then times old, new and dense conv2d in turn
-(cycling through all six orders) on the CaffeNet conv2-5 layers with the real pruned weights
-(``caffenet_l1_acc56.3``).
+both against ``torch.nn.functional.conv2d``, then times each build in two states, rounds
+alternating which build goes first, on the CaffeNet conv2-5 layers with the real pruned weights
+(``caffenet_l1_acc56.3``):
+
+* warm: a call, then ``--warm`` calls back to back, timed (as ``sparsecnn bench layers`` times
+  a layer: its input, layout and output in cache);
+* after dense: each timed call right after a dense conv2d on the same input (which evicts the
+  layout and the output; what a call finds in a network between dense layers).
 
 Usage::
 
     # the old build: e.g. a worktree of the previous commit, `pip wheel` or a cmake build dir
     python benchmarks/ab_core.py OLD/_core.cpython-311-x86_64-linux-gnu.so \\
         .venv/lib/python3.11/site-packages/sparsecnn/_core.cpython-311-x86_64-linux-gnu.so \\
-        --batch 16 --threads 2 [--iters 60] [--json out.json]
+        --batch 16 --threads 2 [--rounds 10] [--json out.json]
 
-Prints per layer the median time of each build (ms), the change, and the speedup over dense
-conv2d of each; the geometric mean over the four layers last.
+Prints per layer and state the median time of each build (ms), the change, and the speedup over
+dense conv2d of each; the geometric means over the four layers last.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import json
 import math
 import statistics
@@ -53,14 +58,15 @@ def load_core(path: str) -> ModuleType:
     return mod
 
 
-def compare(cores: dict[str, ModuleType], batch: int, threads: int, iters: int) -> dict[str, Any]:
-    """Median times (s) of each core and of dense conv2d per layer, calls interleaved."""
+def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int, warm: int = 5,
+            cold: int = 3) -> dict[str, Any]:
+    """Median times (s) per layer: ``{"warm": {build: t}, "after_dense": {build: t}, "dense": t}``."""
     torch.set_num_threads(threads)
     # First, as `sparsecnn bench layers` does: glibc's malloc in the bench's state (dense
     # conv2d's outputs from the heap, not fresh pages: CaffeNet conv2 at batch 16 took 22 ms
     # before, 14.5 ms after on this VM), and the machine's SGEMM rate for the record.
     settle_allocator()
-    out: dict[str, Any] = {"batch": batch, "threads": threads, "iters": iters, "layers": {},
+    out: dict[str, Any] = {"batch": batch, "threads": threads, "rounds": rounds, "layers": {},
                            "sgemm_gflops": measure_sgemm_gflops()}
     weights = load_pruned_layers("caffenet_l1_acc56.3")
     for name, (cin, hw, pad, groups) in LAYERS.items():
@@ -82,17 +88,26 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, iters: int) 
             err = float((y - ref).abs().max())
             if err > 1e-3 * float(ref.abs().max()):
                 raise AssertionError(f"{k} differs from conv2d on {name}: max abs error {err}")
-        runs["dense"] = lambda: torch.nn.functional.conv2d(x, w, bias, padding=pad, groups=groups)
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        # every order of the three in turn: what runs right after dense conv2d (or after
-        # itself) finds the caches in another state, and each gets each position equally
-        orders = list(itertools.permutations(runs))
-        for i in range(iters):
-            for k in orders[i % len(orders)]:
-                t = time.perf_counter()
+
+        def dense() -> None:
+            torch.nn.functional.conv2d(x, w, bias, padding=pad, groups=groups)
+
+        def timed(fn: Callable[[], None]) -> float:
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
+
+        times: dict[str, dict[str, list[float]]] = {"warm": {k: [] for k in runs}, "after_dense": {k: [] for k in runs}}
+        dense_times: list[float] = []
+        for i in range(rounds):
+            for k in (list(runs) if i % 2 else list(runs)[::-1]):
                 runs[k]()
-                times[k].append(time.perf_counter() - t)
-        out["layers"][name] = {k: statistics.median(v[max(1, iters // 10):]) for k, v in times.items()}
+                times["warm"][k] += [timed(runs[k]) for _ in range(warm)]
+                for _ in range(cold):
+                    dense_times.append(timed(dense))
+                    times["after_dense"][k].append(timed(runs[k]))
+        out["layers"][name] = {state: {k: statistics.median(v) for k, v in d.items()} for state, d in times.items()}
+        out["layers"][name]["dense"] = statistics.median(dense_times)
     return out
 
 
@@ -102,22 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new", help="path of the new _core extension file")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=60, help="timed rounds per layer (default 60, a multiple of 6)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds per layer (default 10; each times every build "
+                   "5 times warm and 3 times after dense)")
     p.add_argument("--json", metavar="FILE", help="also write the medians as JSON")
     a = p.parse_args(argv)
-    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.iters)
+    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.rounds)
     print(f"batch {a.batch}, {a.threads} threads, SGEMM {res['sgemm_gflops']:.1f} GFLOP/s, "
-          f"median of {a.iters} interleaved rounds (ms)")
-    print(f"{'layer':<8}{'old':>9}{'new':>9}{'change':>9}{'dense':>9}{'x old':>8}{'x new':>8}")
-    logs = {"old": 0.0, "new": 0.0}
-    for name, r in res["layers"].items():
-        for k in logs:
-            logs[k] += math.log(r["dense"] / r[k])
-        print(f"{name:<8}{r['old'] * 1e3:9.3f}{r['new'] * 1e3:9.3f}{(r['new'] / r['old'] - 1) * 100:+8.1f}%"
-              f"{r['dense'] * 1e3:9.3f}{r['dense'] / r['old']:8.2f}{r['dense'] / r['new']:8.2f}")
-    n = len(res["layers"])
-    res["geomean"] = {k: math.exp(v / n) for k, v in logs.items()}
-    print(f"geomean speedup over dense conv2d: old {res['geomean']['old']:.2f}, new {res['geomean']['new']:.2f}")
+          f"medians of {a.rounds} rounds (ms)")
+    print(f"{'layer':<8}{'state':<13}{'old':>9}{'new':>9}{'change':>9}{'dense':>9}{'x old':>8}{'x new':>8}")
+    res["geomean"] = {}
+    for state in ("warm", "after_dense"):
+        logs = {"old": 0.0, "new": 0.0}
+        for name, lay in res["layers"].items():
+            r, d = lay[state], lay["dense"]
+            for k in logs:
+                logs[k] += math.log(d / r[k])
+            print(f"{name:<8}{state:<13}{r['old'] * 1e3:9.3f}{r['new'] * 1e3:9.3f}{(r['new'] / r['old'] - 1) * 100:+8.1f}%"
+                  f"{d * 1e3:9.3f}{d / r['old']:8.2f}{d / r['new']:8.2f}")
+        n = len(res["layers"])
+        res["geomean"][state] = {k: math.exp(v / n) for k, v in logs.items()}
+        print(f"geomean speedup over dense conv2d, {state}: old {res['geomean'][state]['old']:.2f}, "
+              f"new {res['geomean'][state]['new']:.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -1,10 +1,13 @@
 """How well the second core helps right now: a sparse layer's time on 1 thread / on 2 threads.
 
-The 2-vCPU machines share their physical cores with other tenants: for minutes at a time the
-second vCPU adds nothing (a 2-thread sparse layer runs as slow as on 1 thread) while a
-1-thread FMA loop still runs at full speed on each, so no load shows inside the VM. Benchmarks
-taken then compare a crippled run against whatever dense torch got. ``run_all.sh`` waits for a
-scaling >= 1.5 before measuring and records it before and after.
+Also records the core-to-core round trip of the first two CPUs (``_core.core_round_trip_ns``).
+The 2-vCPU VM moves its vCPUs between physical cores: at times the two share a core complex
+(~100 ns), at times not (400-850 ns). Before the kernels laid out per thread (docs/kernel.md,
+"Where the layout lives"), the second placement cut this scaling to 1.4 at batch 16 and below 1
+at batch 1, which was first read as another tenant taking the second vCPU. Now a low scaling
+means the second vCPU is really busy elsewhere (or stolen), and benchmarks taken then compare a
+crippled run against whatever dense torch got: ``run_all.sh`` waits for a scaling >= 1.5
+before measuring and records it (and the round trip) before and after.
 
 Usage: python benchmarks/core_scaling.py [--wait SECONDS] [--min 1.5]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,7 +57,10 @@ def main() -> int:
     while s < args.min and time.time() - t0 < args.wait:
         time.sleep(10)
         s = scaling()
+    cpus = sorted(os.sched_getaffinity(0))
+    trip = sparsecnn._core.core_round_trip_ns(cpus[0], cpus[1], 20000) if len(cpus) >= 2 else None
     print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "two_core_scaling": round(s, 3),
+                      "core_round_trip_ns": None if trip is None else round(trip, 1),
                       "waited_s": round(time.time() - t0, 1)}))
     return 0 if s >= args.min else 1
 

@@ -289,6 +289,7 @@ NB_MODULE(_core, m) {
           d["chunk_vectors"] = p.chunk_vectors;
           d["chunked"] = p.chunked;
           d["lanes_density"] = p.lanes_density;
+          d["local_density"] = p.local_density;
           return d;
         },
         nb::arg("n"), nb::arg("c"), nb::arg("h"), nb::arg("w"), nb::arg("out_channels"), nb::arg("cin_per_group"),
@@ -296,7 +297,8 @@ NB_MODULE(_core, m) {
         nb::arg("threads"), nb::arg("density") = 0.0,
         "The work sparse_conv2d plans for this geometry and weight density (kernels, vector FMAs and tile visits per nonzero, "
         "layout bytes, epilogues, the density from which input-channel chunks are taken and their "
-        "partial-sum vectors): what the performance model counts.");
+        "partial-sum vectors, the density from which each thread lays the input out itself): what the "
+        "performance model counts.");
   m.def("max_pool2d", &max_pool2d, nb::arg("x"), nb::arg("out"), nb::arg("kernel"), nb::arg("stride"),
         nb::arg("padding"), nb::arg("ceil_mode"), nb::arg("threads"),
         "out = max_pool2d(x) (NCHW contiguous float32; padding on both sides; NaN propagates).");
@@ -352,6 +354,14 @@ NB_MODULE(_core, m) {
           });
         },
         nb::arg("dst"), nb::arg("src"), nb::arg("threads"), "dst = src (float32, contiguous).");
+  m.def("core_round_trip_ns",
+        [](int cpu_a, int cpu_b, int64_t rounds) {
+          nb::gil_scoped_release r;
+          return scnn::core_round_trip_ns(cpu_a, cpu_b, rounds);
+        },
+        nb::arg("cpu_a"), nb::arg("cpu_b"), nb::arg("rounds") = 100000,
+        "Mean ns of one round trip of a cache line between threads pinned to the two CPUs "
+        "(~100: one core complex; 400+: two).");
   m.def("active_isa", &scnn::active_isa, "The kernel variant in use: avx512, avx2 or portable.");
   m.def("threading_backend", &scnn::threading_backend,
         "Where parallel kernels run: 'openmp' (the process's OpenMP runtime, torch's) or 'pool'.");

@@ -2,6 +2,7 @@
 // kernel per block of images, the NaN/Inf rule, and the plan report for the performance model.
 // The kernels' drivers: conv_pixels.cpp (per image) and conv_lanes.cpp (batch lanes).
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -95,6 +96,17 @@ int64_t l2_bytes() {
   return v;
 }
 
+Schedule schedule_setting() {
+  static const Schedule v = [] {
+    const char* e = std::getenv("SPARSECNN_SCHEDULE");
+    const std::string s = e ? e : "";
+    if (s == "local") return Schedule::local;
+    if (s == "shared") return Schedule::shared;
+    return Schedule::automatic;
+  }();
+  return v;
+}
+
 // Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
 // per-row constant for the epilogue): bounds[g * (parts + 1) + k].
 std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
@@ -114,6 +126,18 @@ std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts) {
     bounds[g * (parts + 1) + parts] = r1;
   }
   return bounds;
+}
+
+std::vector<int64_t> channel_cuts(const Conv2dArgs& a, int64_t parts) {
+  std::vector<int64_t> cuts(static_cast<size_t>(parts + 1), a.out_channels);
+  const double total = a.weight.row_ptr[a.out_channels] + 2.0 * a.out_channels;
+  int64_t m = 0;
+  for (int64_t k = 0; k < parts; ++k) {
+    const double target = total * static_cast<double>(k) / static_cast<double>(parts);
+    while (m < a.out_channels && a.weight.row_ptr[m] + 2.0 * m < target) ++m;
+    cuts[k] = m;
+  }
+  return cuts;
 }
 
 // Images [n0, n1) of a call, as a call of its own (same weight, views of x, out and residual).
@@ -206,7 +230,7 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
     info.lanes_vec_fmas += blocks * oh * ow;
     info.visits += blocks * nyc * lp.nxc;
     info.epilogues += blocks * a.out_channels * oh * lp.nxc;
-    info.layout_bytes += blocks * a.c * lp.plane * 4;
+    info.layout_bytes += blocks * a.c * (lp.banded ? lp.band_planes : lp.plane) * 4;  // bands: halos twice
     info.layout_buffer_bytes = a.c * lp.plane * 4;
     info.read_bytes += lanes * in_bytes;
     info.footprint = lp.footprint;
@@ -216,6 +240,7 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
   } else {
     info.chunk_density = std::numeric_limits<double>::infinity();
   }
+  info.local_density = std::numeric_limits<double>::infinity();
   info.lanes_density = lp.lanes_density;
   if (lanes < a.n) {
     const Conv2dArgs b = conv::part(a, lanes, a.n, oh, ow);
@@ -224,13 +249,15 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
     info.vec_fmas += b.n * pl.nvec;
     info.visits += pl.nblocks * pl.nchunks;
     info.epilogues += pl.nblocks * pl.nchunks * a.out_channels;
-    info.layout_bytes += pl.p.direct ? 0 : b.n * a.c * pl.p.cstride * pl.nshift * 4;
+    // local row mode: one copy per thread
+    info.layout_bytes += pl.p.direct ? 0 : b.n * a.c * pl.p.cstride * pl.nshift * 4 * (pl.local ? std::max(1, a.threads) : 1);
     if (!pl.p.direct)
       info.layout_buffer_bytes = std::max(info.layout_buffer_bytes, pl.buf_images * a.c * pl.p.cstride * pl.nshift * 4);
     info.read_bytes += b.n * in_bytes;
     info.footprint = std::max(info.footprint, pl.footprint);
     info.image_mode = pl.image_mode;
     info.direct = pl.p.direct;
+    info.local_density = pl.local_density;
   }
   return info;
 }

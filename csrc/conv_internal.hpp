@@ -3,6 +3,7 @@
 // Not part of the core's API.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,9 +46,23 @@ inline int64_t coarse_tasks(int64_t jobs, int threads) {
   return std::max<int64_t>(1, std::min<int64_t>(jobs, 4 * static_cast<int64_t>(threads)));
 }
 
+// How the threads of a call get the input layout they read. Each thread laying out what it
+// reads ("local") keeps every line of the layout in the core that uses it; one layout that all
+// threads read ("shared") has each core fetch the lines the others wrote. On the 2-vCPU VM this
+// was built on, whose vCPUs sit in one core complex at some times (a 100 ns round trip between
+// them) and in two at others (400-850 ns), the shared layout made the 2-thread speedup over one
+// thread fall from 1.9 to 1.4 at batch 16, and below 1 at batch 1, in the second case.
+// SPARSECNN_SCHEDULE=local|shared forces one (A/Bs, tests); unset or "auto": the drivers' rules.
+enum class Schedule { automatic, shared, local };
+Schedule schedule_setting();
+
 // Row boundaries of `parts` ranges of output channels in every group, balanced by nonzeros (+ a
 // per-row constant for the epilogue): bounds[g * (parts + 1) + k].
 std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts);
+
+// Cut points of `parts` ranges of all output channels (across groups), balanced by nonzeros (+
+// the per-row constant of row_bounds): range k is [cuts[k], cuts[k + 1]).
+std::vector<int64_t> channel_cuts(const Conv2dArgs& a, int64_t parts);
 
 // Tasks of (work unit, group, output-channel range): `units` units per group (tiles of
 // positions or images), and each group's output channels split into as many ranges as it
@@ -96,6 +111,8 @@ struct PixelsPlan {
   int64_t positions = 0, nvec = 0;     // widened output positions / vectors per image
   int64_t nchunks = 1, nb = 1, nblocks = 0;
   bool image_mode = false;             // a task per image block (else: split output channels)
+  bool local = false;                  // row mode: every thread lays out the input itself
+  double local_density = 0;            // weight density from which it does (inf: never)
   int64_t buf_images = 0, rep_stride = 0;
   double footprint = 0;                // bytes of input one tile reads
 };
@@ -124,7 +141,22 @@ struct LanesPlan {
   int64_t chunk_fit;         // input channels per chunk when the layer is chunked
   double chunk_density;      // weight density from which the layer is chunked (inf: never)
   double lanes_density;      // weight density from which the layer takes this kernel (inf: never)
+  bool banded;               // schedule: one band of rows per thread (else one shared layout)
+  int64_t nbands;            // bands (threads, fewer when there is less work)
+  int64_t band_planes;       // floats per channel the bands lay out, all together (even split)
 };
+
+// Where the bands of the batch-lanes kernel start: band b runs from output channel ch[b] of unit
+// unit[b] (units: row tiles x pixel chunks, in order) to ch[b + 1] of unit[b + 1], exclusive.
+struct BandCuts {
+  std::vector<int64_t> unit, ch;
+};
+// Cuts the work into nbands bands of equal cost: a unit costs its pixels x cost(out_channels),
+// and cost(m) is the cost of output channels [0, m) of a pixel.
+BandCuts band_cuts(const LanesPlan& lp, int64_t oh, int64_t ow, int64_t out_channels, int64_t nbands,
+                   const std::function<double(int64_t)>& cost);
+// Output rows [first, last] of band b; false for an empty band.
+bool band_rows(const LanesPlan& lp, const BandCuts& cuts, int64_t b, int64_t oh, int64_t* first, int64_t* last);
 
 // The images of the call the batch-lanes kernel takes (whole blocks of W), or 0 (see conv_lanes.cpp).
 int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, LanesPlan* lp);

@@ -44,7 +44,57 @@ constexpr int64_t kMinLanePixels = 7;
 // 100 took ResNet-50 layer2.0.conv2 with its real 90 % mask (~115 a row) 4-5 % slower at batch 16.
 constexpr double kStridedNnz = 128.0;
 
+// A band's layout: the planes of every channel over the padded input rows [first_in, first_in +
+// in_rows) (band-relative row 0 = padded row first_in, a multiple of the row stride).
+struct LayoutGeom {
+  int64_t phase_plane, plane;  // floats per phase plane / per channel
+};
+
+LayoutGeom layout_geom(const LanesPlan& lp, int64_t in_rows, int W) {
+  LayoutGeom g{};
+  g.phase_plane = (in_rows + lp.sh - 1) / lp.sh * lp.prow * W;
+  g.plane = g.phase_plane * lp.nrp * lp.ncp;
+  return g;
+}
+
+// Pixels of unit u (row tile yc = u / nxc, pixel chunk xc = u % nxc).
+int64_t unit_pixels(const LanesPlan& lp, int64_t u, int64_t oh, int64_t ow) {
+  const int64_t xc = u % lp.nxc, yc = u / lp.nxc;
+  return std::min<int64_t>(lp.rows_max, oh - yc * lp.rows_max) * (ow / lp.nxc + (xc < ow % lp.nxc ? 1 : 0));
+}
+
 }  // namespace
+
+BandCuts band_cuts(const LanesPlan& lp, int64_t oh, int64_t ow, int64_t out_channels, int64_t nbands,
+                   const std::function<double(int64_t)>& cost) {
+  const int64_t units = (oh + lp.rows_max - 1) / lp.rows_max * lp.nxc;
+  BandCuts cuts;
+  cuts.unit.assign(static_cast<size_t>(nbands + 1), units);
+  cuts.ch.assign(static_cast<size_t>(nbands + 1), 0);
+  std::vector<double> upre(static_cast<size_t>(units + 1), 0.0);
+  for (int64_t u = 0; u < units; ++u) upre[u + 1] = upre[u] + static_cast<double>(unit_pixels(lp, u, oh, ow));
+  const double per_pixel = cost(out_channels);
+  int64_t u = 0;
+  for (int64_t b = 0; b < nbands; ++b) {
+    const double target = upre[units] * per_pixel * static_cast<double>(b) / static_cast<double>(nbands);
+    while (u + 1 < units && upre[u + 1] * per_pixel <= target) ++u;
+    // the output channel where the cut falls inside unit u
+    const double rem = (target - upre[u] * per_pixel) / static_cast<double>(unit_pixels(lp, u, oh, ow));
+    int64_t m = 0;
+    while (m < out_channels && cost(m) < rem) ++m;
+    cuts.unit[b] = m < out_channels ? u : u + 1;
+    cuts.ch[b] = m < out_channels ? m : 0;
+  }
+  return cuts;
+}
+
+bool band_rows(const LanesPlan& lp, const BandCuts& cuts, int64_t b, int64_t oh, int64_t* first, int64_t* last) {
+  if (cuts.unit[b] == cuts.unit[b + 1] && cuts.ch[b] == cuts.ch[b + 1]) return false;
+  const int64_t u0 = cuts.unit[b], u1 = cuts.unit[b + 1] - (cuts.ch[b + 1] == 0 ? 1 : 0);
+  *first = u0 / lp.nxc * lp.rows_max;
+  *last = std::min<int64_t>(oh, (u1 / lp.nxc + 1) * lp.rows_max) - 1;
+  return true;
+}
 
 // The images of the call the batch-lanes kernel takes (whole blocks of W), or 0: layers with
 // strides up to kMaxLaneStride whose rows are contiguous, except the 1x1 stride-1 layers read in
@@ -136,32 +186,83 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   const double density = static_cast<double>(a.weight.nnz) / cols;
   lp->chunk_ch = density >= lp->chunk_density && a.weight.nnz > 0 ? fits : cg;
   lp->nchunks = static_cast<int>((cg + lp->chunk_ch - 1) / lp->chunk_ch);
+  // Schedule: bands (one per thread, each laying out its own rows) unless their halos would lay
+  // out more than half as much again as one shared layout. Decided on the bands of an even
+  // split (the run balances them by nonzeros: they move by less than a row tile).
+  const int64_t units = (oh + lp->rows_max - 1) / lp->rows_max * lp->nxc;
+  lp->nbands = std::min<int64_t>(std::max(1, a.threads), units * a.out_channels);
+  const BandCuts even = band_cuts(*lp, oh, ow, a.out_channels, lp->nbands, [](int64_t m) { return double(m); });
+  lp->band_planes = 0;
+  for (int64_t b = 0; b < lp->nbands; ++b) {
+    int64_t first, last;
+    if (band_rows(*lp, even, b, oh, &first, &last))
+      lp->band_planes += layout_geom(*lp, (last - first) * lp->sh + drmax + 1, W).plane;
+  }
+  const Schedule sched = schedule_setting();
+  lp->banded = sched == Schedule::local || (sched == Schedule::automatic && lp->band_planes * 2 <= lp->plane * 3);
   return a.n / W * W;
 }
 
-// The batch-lanes kernel (kernels/sparse_conv_batch.hpp) on a call whose batch is a multiple of
-// W. Blocks of W images one after the other; all threads lay a block out (over channels), then
-// share its tiles (output rows x pixel chunks x groups x output-channel ranges).
-bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp) {
-  const int W = isa.width, threads = std::max(1, a.threads);
-  const int64_t K = a.kh * a.kw, cols = a.cin_per_group * K;
-  std::vector<int32_t> table(static_cast<size_t>(cols));
+namespace {
+
+// Column -> offset (floats) into a group's layout: the paper's "virtual dense matrix".
+std::vector<int32_t> lanes_table(const Conv2dArgs& a, const LanesPlan& lp, const LayoutGeom& geom, int W) {
+  std::vector<int32_t> table(static_cast<size_t>(a.cin_per_group * a.kh * a.kw));
   for (int64_t c = 0; c < a.cin_per_group; ++c)
     for (int64_t r = 0; r < a.kh; ++r)
       for (int64_t s = 0; s < a.kw; ++s)
         table[static_cast<size_t>((c * a.kh + r) * a.kw + s)] = static_cast<int32_t>(
-            c * lp.plane + (lp.rphase[(r * a.dil_h) % lp.sh] * lp.ncp + lp.cphase[(s * a.dil_w) % lp.sw]) * lp.phase_plane +
+            c * geom.plane +
+            (lp.rphase[(r * a.dil_h) % lp.sh] * lp.ncp + lp.cphase[(s * a.dil_w) % lp.sw]) * geom.phase_plane +
             ((r * a.dil_h) / lp.sh * lp.prow + (s * a.dil_w) / lp.sw) * W);
+  return table;
+}
 
+// Lays out channels [c0, c1) of image block `blk` over the padded rows [first_in, first_in +
+// rows) into `lay` (channel c at lay + c * geom.plane). Returns whether a NaN/Inf was read.
+bool lay_out(const Conv2dArgs& a, const IsaKernels& isa, const LanesPlan& lp, const LayoutGeom& geom, int64_t blk,
+             int64_t c0, int64_t c1, int64_t first_in, int64_t rows, float* lay) {
+  const int W = isa.width;
   const float* const x_end = view_end(a);
-  std::vector<float>& buf = scratch();
-  const size_t need = static_cast<size_t>(a.c * lp.plane + 16);
-  if (buf.size() < need) {
+  bool any = false;
+  for (int64_t c = c0; c < c1; ++c) {
+    // pad_top may go negative: band row i reads source row first_in + i - pad_top
+    LaneLayoutJob job{a.x + blk * W * a.xs[0] + c * a.xs[1], a.x, x_end, a.xs[0], a.xs[2], a.h, a.w,
+                      lay + c * geom.plane, rows, lp.in_cols, a.pad_top - first_in, a.pad_left, lp.sh, lp.sw,
+                      lp.ncp, {}, {}, lp.prow, geom.phase_plane, nullptr};
+    if (c + 1 < c1) job.next_src = job.src + a.xs[1];
+    std::copy(lp.rphase, lp.rphase + kMaxLaneStride, job.rphase);
+    std::copy(lp.cphase, lp.cphase + kMaxLaneStride, job.cphase);
+    any |= isa.lanes_layout(job);
+  }
+  return any;
+}
+
+// 64-byte aligned start of a scratch vector of at least n floats.
+float* aligned_scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n + 16) {
     buf.clear();
     buf.shrink_to_fit();
-    buf.resize(need);
+    buf.resize(n + 16);
   }
-  float* const lay = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
+  return buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
+}
+
+}  // namespace
+
+// The batch-lanes kernel (kernels/sparse_conv_batch.hpp) on a call whose batch is a multiple of
+// W, blocks of W images one after the other, in one of two schedules (Schedule,
+// conv_internal.hpp):
+//  - local, as bands (the default): the work, (row tile, output channel) in order, is cut into
+//    one contiguous band per thread, balanced by nonzeros; each thread lays out only the input
+//    rows of its band (plus the kernel's halo) into its own scratch and runs its band's tiles:
+//    no barrier, and no line of the layout crosses between cores.
+//  - shared: all threads lay a block out (over channels), then share its tiles (row tiles x
+//    groups x output-channel ranges); taken for maps so small against the thread count that
+//    the bands' halos would repeat much of the layout.
+bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp) {
+  const int W = isa.width, threads = std::max(1, a.threads);
+  const int64_t K = a.kh * a.kw, drmax = (a.kh - 1) * a.dil_h;
 
   // Each output channel's first nonzero of every input-channel chunk (columns ascend, channel
   // by channel).
@@ -185,65 +286,104 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     }
   }
 
-  const int64_t R = lp.rows_max, nyc = (oh + R - 1) / R, nxc = lp.nxc;
-  const RowSplit rows(a, nyc * nxc, threads);
+  const int64_t R = lp.rows_max, nyc = (oh + R - 1) / R, nxc = lp.nxc, units = nyc * nxc;
+  const int64_t og = a.out_channels / a.groups;
+  // Runs output channels [row0, row1) of group g on unit (row tile x pixel chunk) `unit` of
+  // block blk; `lay` is the block's layout whose band-relative row 0 is output row `top`.
+  auto run_tile = [&](int64_t blk, int64_t unit, int64_t g, int64_t row0, int64_t row1, const float* lay,
+                      const LayoutGeom& geom, const int32_t* table, int64_t top) {
+    if (row0 >= row1) return;
+    const int64_t xc = unit % nxc, yc = unit / nxc;
+    const int64_t small = ow / nxc, extra = ow % nxc;  // balanced pixel chunks
+    const int64_t ox0 = xc * small + std::min(xc, extra), oy0 = yc * R;
+    LaneTile t{};
+    t.values = a.weight.values;
+    t.col = a.weight.col;
+    t.col16 = a.weight.col16;
+    t.row_ptr = a.weight.row_ptr;
+    t.table = table;
+    t.in = lay + g * a.cin_per_group * geom.plane + ((oy0 - top) * lp.prow + ox0) * W;
+    t.row_stride = lp.prow * W;
+    t.rows = static_cast<int>(std::min<int64_t>(R, oh - oy0));
+    t.pixels = static_cast<int>(small + (xc < extra ? 1 : 0));
+    t.row0 = row0;
+    t.row1 = row1;
+    t.out = a.out;
+    t.residual = a.residual;
+    t.residual_end = a.residual ? a.residual + a.residual_numel : nullptr;
+    t.bias = a.bias;
+    t.relu = a.relu;
+    t.img0 = blk * W;
+    t.out_channels = a.out_channels;
+    t.oh = oh;
+    t.ow = ow;
+    t.oy0 = oy0;
+    t.ox0 = ox0;
+    t.nchunks = nk;
+    if (nk > 1) {
+      const int64_t vecs = static_cast<int64_t>(t.rows) * t.pixels * W;  // floats per output channel
+      t.mblock = std::max<int64_t>(1, static_cast<int64_t>(kAccL1 / (4.0 * vecs)));
+      thread_local std::vector<float> acc;
+      t.acc = aligned_scratch(acc, static_cast<size_t>(std::min(t.mblock, row1 - row0) * vecs));
+      t.chunk_ptr = chunk_ptr.data();
+    }
+    isa.lanes_tile(t);
+  };
+
+  // Bands: cut points in the linear order (unit, output channel), each unit weighing its
+  // pixels and each output channel its nonzeros + 2 (the epilogue), as row_bounds does.
+  const bool banded = lp.banded;
+  BandCuts cuts;
+  int64_t band_rows_max = 1;
+  if (banded) {
+    cuts = band_cuts(lp, oh, ow, a.out_channels, lp.nbands,
+                     [&](int64_t m) { return static_cast<double>(a.weight.row_ptr[m]) + 2.0 * m; });
+    for (int64_t b = 0; b < lp.nbands; ++b) {
+      int64_t first, last;
+      if (band_rows(lp, cuts, b, oh, &first, &last)) band_rows_max = std::max(band_rows_max, last - first + 1);
+    }
+  }
+
+  bool nonfinite = false;
+  if (banded) {
+    const int64_t nbands = lp.nbands;
+    const LayoutGeom geom = layout_geom(lp, (band_rows_max - 1) * lp.sh + drmax + 1, W);
+    const std::vector<int32_t> table = lanes_table(a, lp, geom, W);
+    std::vector<int64_t> bad(static_cast<size_t>(nbands * 8), 0);  // one cache line per band
+    parallel_for(nbands, threads, [&](int64_t b) {
+      int64_t first, last;
+      if (!band_rows(lp, cuts, b, oh, &first, &last)) return;
+      float* lay = aligned_scratch(scratch(), static_cast<size_t>(a.c * geom.plane));
+      bool any = false;
+      for (int64_t blk = 0; blk < a.n / W; ++blk) {
+        any |= lay_out(a, isa, lp, geom, blk, 0, a.c, first * lp.sh, (last - first) * lp.sh + drmax + 1, lay);
+        for (int64_t g = 0; g < a.groups; ++g)
+          for (int64_t u = cuts.unit[b]; u <= cuts.unit[b + 1] && u < units; ++u) {
+            const int64_t m0 = u == cuts.unit[b] ? cuts.ch[b] : 0;
+            const int64_t m1 = u == cuts.unit[b + 1] ? cuts.ch[b + 1] : a.out_channels;
+            run_tile(blk, u, g, std::max(m0, g * og), std::min(m1, (g + 1) * og), lay, geom, table.data(), first);
+          }
+      }
+      bad[b * 8] = any;
+    });
+    for (int64_t b = 0; b < nbands; ++b) nonfinite |= bad[b * 8] != 0;
+    return nonfinite;
+  }
+
+  const LayoutGeom geom{lp.phase_plane, lp.plane};
+  const std::vector<int32_t> table = lanes_table(a, lp, geom, W);
+  float* const lay = aligned_scratch(scratch(), static_cast<size_t>(a.c * lp.plane));
+  const RowSplit rows(a, units, threads);
   const int64_t ntask = coarse_tasks(a.c, threads);
   std::vector<int64_t> bad(static_cast<size_t>(ntask * 8), 0);  // one cache line per task
-  bool nonfinite = false;
   for (int64_t blk = 0; blk < a.n / W; ++blk) {
     parallel_for(ntask, threads, [&](int64_t t) {
-      bool any = false;
-      for (int64_t c = a.c * t / ntask; c < a.c * (t + 1) / ntask; ++c) {
-        LaneLayoutJob job{a.x + blk * W * a.xs[0] + c * a.xs[1], a.x, x_end, a.xs[0], a.xs[2], a.h, a.w,
-                          lay + c * lp.plane, lp.in_rows, lp.in_cols, a.pad_top, a.pad_left, lp.sh, lp.sw,
-                          lp.ncp, {}, {}, lp.prow, lp.phase_plane};
-        std::copy(lp.rphase, lp.rphase + kMaxLaneStride, job.rphase);
-        std::copy(lp.cphase, lp.cphase + kMaxLaneStride, job.cphase);
-        any |= isa.lanes_layout(job);
-      }
-      bad[t * 8] |= any;
+      bad[t * 8] |= lay_out(a, isa, lp, geom, blk, a.c * t / ntask, a.c * (t + 1) / ntask, 0, lp.in_rows, lay);
     });
     parallel_for(rows.tasks, threads, [&](int64_t task) {
       int64_t row0, row1, g;
       const int64_t unit = rows.decode(task, &g, &row0, &row1);
-      if (row0 >= row1) return;
-      const int64_t xc = unit % nxc, yc = unit / nxc;
-      const int64_t small = ow / nxc, extra = ow % nxc;  // balanced pixel chunks
-      const int64_t ox0 = xc * small + std::min(xc, extra), oy0 = yc * R;
-      LaneTile t{};
-      t.values = a.weight.values;
-      t.col = a.weight.col;
-      t.col16 = a.weight.col16;
-      t.row_ptr = a.weight.row_ptr;
-      t.table = table.data();
-      t.in = lay + g * a.cin_per_group * lp.plane + (oy0 * lp.prow + ox0) * W;
-      t.row_stride = lp.prow * W;
-      t.rows = static_cast<int>(std::min<int64_t>(R, oh - oy0));
-      t.pixels = static_cast<int>(small + (xc < extra ? 1 : 0));
-      t.row0 = row0;
-      t.row1 = row1;
-      t.out = a.out;
-      t.residual = a.residual;
-      t.residual_end = a.residual ? a.residual + a.residual_numel : nullptr;
-      t.bias = a.bias;
-      t.relu = a.relu;
-      t.img0 = blk * W;
-      t.out_channels = a.out_channels;
-      t.oh = oh;
-      t.ow = ow;
-      t.oy0 = oy0;
-      t.ox0 = ox0;
-      t.nchunks = nk;
-      if (nk > 1) {
-        const int64_t vecs = static_cast<int64_t>(t.rows) * t.pixels * W;  // floats per output channel
-        t.mblock = std::max<int64_t>(1, static_cast<int64_t>(kAccL1 / (4.0 * vecs)));
-        thread_local std::vector<float> acc;
-        const size_t need = static_cast<size_t>(std::min(t.mblock, row1 - row0) * vecs + 16);
-        if (acc.size() < need) acc.resize(need);
-        t.acc = acc.data() + ((64 - reinterpret_cast<uintptr_t>(acc.data()) % 64) % 64) / sizeof(float);
-        t.chunk_ptr = chunk_ptr.data();
-      }
-      isa.lanes_tile(t);
+      run_tile(blk, unit, g, row0, row1, lay, geom, table.data(), 0);
     });
   }
   for (int64_t t = 0; t < ntask; ++t) nonfinite |= bad[t * 8] != 0;

@@ -189,6 +189,20 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   if (nshift > 1 && checked_mul(nshift, rep_stride, "phased input size") > std::numeric_limits<int32_t>::max())
     nshift = 1;  // offsets of the replicas would overflow: fall back to unaligned loads
   pl.footprint = footprint(nb, chunk_big);
+  // Row mode with a layout: each thread lays the whole input out itself ("local", Schedule in
+  // conv_internal.hpp) from the density where those copies cost little against the FMAs: the
+  // layout's vectors, once per thread, at most half the vector FMAs.
+  const Schedule sched = schedule_setting();
+  pl.local_density = std::numeric_limits<double>::infinity();
+  if (!image_mode && !p.direct && threads > 1 && sched != Schedule::shared) {
+    const double layout_vectors = static_cast<double>(a.n) * static_cast<double>(p.istride) * nshift / W;
+    const double dense_fmas = static_cast<double>(a.out_channels) * static_cast<double>(a.cin_per_group * a.kh * a.kw) *
+                              static_cast<double>(nvec) * static_cast<double>(a.n);
+    pl.local_density = sched == Schedule::local ? 0.0 : 2.0 * threads * layout_vectors / dense_fmas;
+  }
+  const double density = static_cast<double>(a.weight.nnz) /
+                         (static_cast<double>(a.out_channels) * static_cast<double>(a.cin_per_group * a.kh * a.kw));
+  pl.local = density >= pl.local_density;
   return pl;
 }
 
@@ -320,6 +334,23 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
         for (int64_t g = 0; g < a.groups; ++g) run_tile(in0, img0, img0, g, k, g * og, (g + 1) * og);
     });
     for (int64_t b = 0; b < nblocks; ++b) nonfinite |= bad[b * 8] != 0;
+  } else if (pl.local) {
+    // Row mode, local: every thread lays the whole input out in its own scratch and runs one
+    // range of output channels (balanced by nonzeros) on it. At batch 1 this beat the shared
+    // layout with its tiles shared dynamically in both placements of the VM's two vCPUs
+    // (CaffeNet conv3-5: 111-114 us against 120-122 in one core complex, 198-228 in two).
+    std::vector<int64_t> bad(static_cast<size_t>(threads * 8), 0);  // one cache line per thread
+    const std::vector<int64_t> cuts = channel_cuts(a, threads);
+    parallel_for(threads, threads, [&](int64_t th) {
+      float* dst = buffer();
+      bad[th * 8] = layout(dst, 0, a.n, 0, a.c);
+      for (int64_t unit = 0; unit < nblocks * nchunks; ++unit)
+        for (int64_t g = 0; g < a.groups; ++g)
+          if (std::max(cuts[th], g * og) < std::min(cuts[th + 1], (g + 1) * og))
+            run_tile(dst, unit / nchunks * nb, 0, g, unit % nchunks, std::max(cuts[th], g * og),
+                     std::min(cuts[th + 1], (g + 1) * og));
+    });
+    for (int64_t t = 0; t < threads; ++t) nonfinite |= bad[t * 8] != 0;
   } else {
     const float* in0 = a.x;
     const int64_t jobs = a.n * a.c, ntask = coarse_tasks(jobs, threads);

@@ -111,6 +111,7 @@ struct ConvPlanInfo {
   int64_t chunk_vectors = 0;
   bool chunked = false;       // at this plan's density
   double lanes_density = 0;   // density from which the batch-lanes kernel takes its images (inf: never)
+  double local_density = 0;   // density from which each thread of the per-image row mode lays out the input itself (inf: never)
 };
 ConvPlanInfo conv2d_plan(const Conv2dArgs& geometry);
 // out = x W^T (+ bias) (then ReLU), W given in CSR.
@@ -125,6 +126,9 @@ void validate_csr(const Csr& m, int64_t cols, const char* what);
 // STREAM-style kernels for the machine probe (a = b + s*c, dst = src), multithreaded.
 void stream_triad(float* a, const float* b, const float* c, float s, int64_t n, int threads);
 void stream_copy(float* dst, const float* src, int64_t n, int threads);
+// Mean time (ns) of one round trip of a cache line between two threads pinned to CPUs cpu_a and
+// cpu_b (core_latency.cpp).
+double core_round_trip_ns(int cpu_a, int cpu_b, int64_t rounds);
 
 // ISA selection: "avx512", "avx2" or "portable". The environment variable SPARSECNN_ISA forces
 // one (tests use it to run every variant on one machine); forcing one the CPU lacks throws.

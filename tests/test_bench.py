@@ -189,9 +189,12 @@ def test_ab_core_compares_two_loaded_builds(tmp_path, capsys):
     spec.loader.exec_module(ab)
     core = sparsecnn._core.__file__
     out = tmp_path / "ab.json"
-    assert ab.main([core, core, "--batch", "2", "--threads", "1", "--iters", "6", "--json", str(out)]) == 0
+    assert ab.main([core, core, "--batch", "2", "--threads", "1", "--rounds", "2", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res["layers"]) == {"conv2", "conv3", "conv4", "conv5"}
     for r in res["layers"].values():
-        assert r["old"] > 0 and r["new"] > 0 and r["dense"] > 0
-    assert res["geomean"]["old"] > 0 and "geomean speedup" in capsys.readouterr().out
+        assert r["dense"] > 0
+        for state in ("warm", "after_dense"):
+            assert r[state]["old"] > 0 and r[state]["new"] > 0
+    assert res["geomean"]["warm"]["old"] > 0 and res["geomean"]["after_dense"]["new"] > 0
+    assert "geomean speedup" in capsys.readouterr().out

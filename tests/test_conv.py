@@ -376,6 +376,7 @@ def test_batch_lanes_input_channel_chunks_by_default(tmp_path):
 @pytest.mark.parametrize("var, on, off", [
     ("SPARSECNN_BATCH_LANES", "1", "0"),  # batch-lanes kernel vs per-image kernel only
     ("SPARSECNN_LANES_CHUNK", "3", "0"),  # input-channel chunks of 3 channels vs none
+    ("SPARSECNN_SCHEDULE", "local", "shared"),  # bands vs one layout shared by the threads
 ])
 def test_kernel_switch_gives_same_results(tmp_path, var, on, off):
     """The environment switches of the batch-lanes kernel change the path, not the result."""
@@ -393,6 +394,63 @@ def test_kernel_switch_gives_same_results(tmp_path, var, on, off):
         subprocess.run([sys.executable, str(script), str(out)], check=True, env=dict(os.environ, **{var: flag}))
         outs.append(torch.load(out))
     assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
+
+
+@pytest.mark.parametrize("schedule", ["local", "shared"])
+def test_schedules_match_conv2d(tmp_path, schedule):
+    """Both ways the threads share a call (SPARSECNN_SCHEDULE: bands / private layouts, or one
+    shared layout; csrc/conv_internal.hpp) give conv2d's result: batch-lanes (16, 32 images) and
+    per-image row mode (1, 3 images), 2 and 3 threads, strides, dilation, groups, uneven padding,
+    maps down to one output row (bands cut inside a row tile, by output channel), a residual,
+    and NaN/Inf in rows that only one band reads. The script saves its inputs and outputs;
+    the float64 references are computed here."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch, sparsecnn
+        g = torch.Generator().manual_seed(5)
+        cases = [  # batch, cin, cout, k, hw, stride, padding, dilation, groups, density
+            (16, 8, 12, (3, 3), (13, 13), 1, 1, 1, 2, 0.3),
+            (32, 6, 10, (5, 5), (27, 11), 1, 2, 1, 1, 0.2),
+            (16, 4, 8, (3, 3), (17, 15), 2, (1, 0, 2, 1), 1, 1, 0.9),
+            (16, 6, 6, (3, 2), (9, 12), 3, 1, 2, 3, 0.6),
+            (16, 5, 7, (3, 3), (3, 40), 1, 0, 1, 1, 0.5),  # one output row, 38 pixels
+            (16, 4, 4, (3, 3), (4, 4), 1, 0, 1, 4, 1.0),  # depthwise, 2 x 2 output
+            (1, 8, 12, (3, 3), (13, 13), 1, 1, 1, 2, 0.3),
+            (3, 6, 10, (5, 5), (15, 9), 1, 2, 1, 1, 0.4),
+            (1, 4, 8, (3, 3), (11, 10), 2, 1, 1, 1, 0.7),
+        ]
+        out = []
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            for n, cin, cout, k, hw, stride, pad, dil, groups, dens in cases:
+                w = torch.randn(cout, cin // groups, *k, generator=g)
+                w = w * (torch.rand(w.shape, generator=g) < dens)
+                x = torch.randn(n, cin, *hw, generator=g)
+                x[-1, 0, hw[0] - 1, 0] = float("inf")  # last rows: the last band only
+                x[0, cin - 1, 0, hw[1] - 1] = float("nan")  # first rows: the first band only
+                b = torch.randn(cout, generator=g)
+                sw = sparsecnn.SparseWeight.from_dense(w, groups=groups)
+                pads = pad if isinstance(pad, tuple) else (pad,) * 4
+                xp = torch.nn.functional.pad(x, (pads[2], pads[3], pads[0], pads[1]))
+                y0 = torch.nn.functional.conv2d(xp, w, b, stride=stride, dilation=dil, groups=groups)
+                r = torch.randn(y0.shape, generator=g)
+                y = sparsecnn.sparse_conv2d(xp, sw, b, stride=stride, dilation=dil, relu=True, residual=r)
+                out.append((threads, xp, w, b, r, stride, dil, groups, y))
+        torch.save(out, sys.argv[1])
+    """))
+    path = tmp_path / "out.pt"
+    subprocess.run([sys.executable, str(script), str(path)], check=True,
+                   env=dict(os.environ, SPARSECNN_SCHEDULE=schedule))
+    results = torch.load(path)
+    assert len(results) == 18
+    with_nan = 0
+    for threads, xp, w, b, r, stride, dil, groups, y in results:
+        ref = torch.relu(dense_ref(xp, w, b, stride=stride, dilation=dil, groups=groups) + r.double())
+        with_nan += bool(torch.isnan(ref).any())
+        assert torch.equal(torch.isnan(y), torch.isnan(ref)), (threads, tuple(xp.shape), tuple(w.shape))
+        fin = torch.isfinite(ref)
+        assert_close(y[fin], ref[fin])
+    assert with_nan >= 12  # (a strided window may skip the corner pixels)
 
 
 RESNET_LAYERS = {  # name: (input hw, stride, padding)

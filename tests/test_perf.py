@@ -36,6 +36,31 @@ def _kernel_available() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------- machine probe
+def test_core_round_trip_probe(capsys):
+    """The core-to-core round trip is a positive time between two allowed CPUs, bad CPUs and
+    round counts raise, and ``sparsecnn info --json`` reports it."""
+    import os
+
+    from sparsecnn import _core
+    from sparsecnn.cli import main
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: no round trip to measure")
+    t = _core.core_round_trip_ns(cpus[0], cpus[1], 2000)
+    assert 1.0 < t < 1e6
+    with pytest.raises(ValueError, match="must differ"):
+        _core.core_round_trip_ns(cpus[0], cpus[0], 10)
+    with pytest.raises(ValueError, match="not one this process may run on"):
+        _core.core_round_trip_ns(cpus[0], 100000, 10)
+    with pytest.raises(ValueError, match="rounds"):
+        _core.core_round_trip_ns(cpus[0], cpus[1], 0)
+    assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's affinity is given back
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["core_round_trip_ns"] > 0
+
+
 # ---------------------------------------------------------------------- LayerSpec
 def test_layerspec_from_conv2d():
     s = LayerSpec.from_module(nn.Conv2d(96, 256, 5, padding=2, groups=2), (8, 96, 27, 27), "conv2")
@@ -68,11 +93,16 @@ def test_kernel_work_is_the_cores_plan():
     with ops.use_isa("avx512" if ops.isa_supported("avx512") else "portable"):
         w16 = 16 if ops.active_isa() == "avx512" else 8
         # 13x13 3x3 (CaffeNet conv5) at batch 1: per-image kernel, rows widened to 16:
-        # 13 rows x 16 = 13 vectors per image, one tile; 3 shifted replicas laid out
+        # 13 rows x 16 = 13 vectors per image, one tile; 3 shifted replicas laid out, once per
+        # thread (the local schedule), once in all on one thread
         w = CONV5.kernel_work(1, threads=2)
         if w16 == 16:
             assert (w["pixel_images"], w["lanes_images"], w["vec_fmas"], w["visits"]) == (1, 0, 13, 1)
             assert w["layout_bytes"] == 4 * 384 * 16 * 16 * 3 and w["read_bytes"] == 4 * 384 * 13 * 13
+            # from density 2 threads x 2 x 18432 layout vectors / (256 x 1728 x 13) FMAs = 0.0128 up
+            assert w["local_density"] == pytest.approx(2 * 2 * 18432 / (256 * 1728 * 13))
+            assert CONV5.kernel_work(1, threads=2, density=0.1)["layout_bytes"] == 2 * 4 * 384 * 16 * 16 * 3
+            assert CONV5.kernel_work(1, threads=1, density=0.1)["layout_bytes"] == 4 * 384 * 16 * 16 * 3
         # a batch of 16 (+1): one block of 16 in the batch-lanes kernel (169 pixel vectors per
         # nonzero, no widened lanes), the last image per image
         w = CONV5.kernel_work(w16 + 1, threads=2)
@@ -95,7 +125,10 @@ def test_kernel_work_is_the_cores_plan():
             assert s2.kernel_work(16, 2)["lanes_density"] == pytest.approx(128 / 1152)
             assert s2.kernel_work(16, 2, 0.05)["lanes_images"] == 0
             assert s2.kernel_work(16, 2, 0.3)["lanes_images"] == 16
-            assert s2.kernel_work(16, 2, 0.3)["layout_bytes"] == 4 * 16 * 128 * 4 * 29 * 29
+            # 29 x 29 vectors per phase plane; on 2 threads two bands of 14 output rows, each
+            # laying out 15 of the 29 phase rows
+            assert s2.kernel_work(16, 1, 0.3)["layout_bytes"] == 4 * 16 * 128 * 4 * 29 * 29
+            assert s2.kernel_work(16, 2, 0.3)["layout_bytes"] == 4 * 16 * 128 * 4 * 30 * 29
         assert s2.kernel_work(1, 2, 0.3)["lanes_images"] == 0 and s2.kernel_work(1, 2)["lanes_density"] == math.inf
         # 1x1 unpadded layers are read in place (no layout), never in the lanes kernel
         one = LayerSpec("c", "conv", 512, 2048, (1, 1), input_hw=(7, 7))
@@ -115,16 +148,20 @@ def test_bounds_closed_form(spec, batch, visit, epi, a_lanes):
     """gamma = 1 (the paper's linear model): the bounds have a closed form."""
     m = _model(visit_slots=visit, epi_slots=epi, threads=2, a_lanes=a_lanes)
     t_dense = m.dense_time(spec, batch)
-    w = spec.kernel_work(batch, 2)
+    # the plan at the bounds, priced alike at both (CONV5 at batch 1 lays the input out once
+    # per thread from density 0.013, below both)
+    ur = m.useful_range(spec, batch)
+    assert ur is not None
+    x0 = ur[0]
+    assert m.coefficients(spec, batch, ur[1]) == pytest.approx(m.coefficients(spec, batch, x0), rel=1e-12)
+    w = spec.kernel_work(batch, 2, x0)
     tau_l = m.tau_lanes if m.tau_lanes is not None else m.tau_fma
-    fixed = m.t0 + m.memory_time(spec, batch) + w["epilogues"] * m.tau_epi / 2
+    fixed = m.t0 + m.memory_time(spec, batch, x0) + w["epilogues"] * m.tau_epi / 2
     kc = spec.weight_numel * (w["vec_fmas"] * m.tau_fma + w["lanes_vec_fmas"] * tau_l + w["visits"] * m.tau_visit) / 2
     b0 = spec.act_bytes(batch) / m.bandwidth(spec, batch)
     kb = m.b * spec.weight_bytes() / m.weight_bandwidth(spec)
     be = min((t_dense - fixed) / kc, (t_dense - fixed - b0) / kb)
     sat = min(1.0, max(0.0, (fixed + b0) / (kc - kb))) if kc > kb else 1.0
-    ur = m.useful_range(spec, batch)
-    assert ur is not None
     assert ur[0] == pytest.approx(min(be, 1.0), rel=1e-9)
     assert ur[1] == pytest.approx(min(sat, ur[0]), rel=1e-9)
     # the compute term has no constant part: the saturation density is never 0

@@ -80,6 +80,7 @@ struct LaneLayoutJob {
   int rphase[kMaxLaneStride], cphase[kMaxLaneStride];
   int64_t prow;         // vectors per phase-plane row
   int64_t phase_plane;  // floats per phase plane
+  const float* next_src;  // the next channel's src, whose rows the layout fetches ahead (or null)
 };
 
 struct LinearTile {

@@ -240,6 +240,15 @@ bool lanes_layout(const LaneLayoutJob& job) {
       }
       continue;
     }
+    if (job.next_src) {
+      // the same source row of the next channel, one row ahead of its layout
+      const float* q = job.next_src + iy * job.row_stride;
+#pragma GCC unroll 16
+      for (int l = 0; l < W; ++l) {
+        V::prefetch_read(q + l * job.img_stride);
+        V::prefetch_read(q + l * job.img_stride + w - 1);
+      }
+    }
     for (int64_t j0 = 0; j0 < cols; j0 += W) {
       // columns j0 .. j0 + W - 1 read source columns j0 - pl ...; lanes [lo, hi) are inside
       const int64_t first = j0 - pl;

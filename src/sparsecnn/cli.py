@@ -22,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,10 @@ def _info(args: argparse.Namespace) -> int:
         "threading": _core.threading_backend(),
         "cuda": torch.cuda.is_available(),
     }
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        # ~100 ns: the first two CPUs share a core complex; 400+: they do not (docs/kernel.md)
+        info["core_round_trip_ns"] = round(_core.core_round_trip_ns(cpus[0], cpus[1], 20000), 1)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -68,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = mod.add_parser(sub)
         p.set_defaults(func=mod.run)
-    p = sub.add_parser("info", help="kernel variant, threads and versions")
+    p = sub.add_parser("info", help="kernel variant, threads, versions and the core-to-core round trip")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
     return parser

@@ -300,9 +300,10 @@ class PerfModel:
 
     def plan_changes(self, spec: LayerSpec, batch: int) -> list[float]:
         """Densities in (0, 1] where the kernel's plan changes (the batch-lanes kernel taking a
-        strided layer, input-channel chunks): the sparse time may step there."""
+        strided layer, input-channel chunks, each thread laying the input out itself): the sparse
+        time may step there."""
         w = self.work(spec, batch, 1.0)
-        return sorted({x for x in (w["lanes_density"], w["chunk_density"]) if 0.0 < x <= 1.0})
+        return sorted({x for x in (w["lanes_density"], w["chunk_density"], w["local_density"]) if 0.0 < x <= 1.0})
 
     def memory_time(self, spec: LayerSpec, batch: int, x: float = 0.0) -> float:
         """Time of the kernel's memory streams: the input read (not for a 1x1 layer read in
