@@ -11,10 +11,13 @@ OUT=benchmarks/results
 mkdir -p "$OUT" docs/img
 export SPARSECNN_CACHE_DIR=${SPARSECNN_CACHE_DIR:-$OUT/perf-cache}
 run() { echo "+ $*" >&2; "$@"; }
-# The second vCPU is shared with other tenants and for minutes at a time adds nothing. Every step
-# waits (up to 20 min) until it helps (benchmarks/core_scaling.py >= 1.5), and is run again (at
-# most twice more) when the scaling measured right after it fell below 1.4: the step's results
-# would compare a crippled kernel against whatever torch got. Each check goes to core_scaling.jsonl.
+# The second vCPU may be busy elsewhere for minutes at a time (what looked like that before was
+# mostly the vCPUs sitting in two core complexes, which the kernels' local schedules now ride
+# out: docs/kernel.md "Where the layout lives"). Every step waits (up to 20 min) until it helps
+# (benchmarks/core_scaling.py >= 1.5), and is run again (at most twice more) when the scaling
+# measured right after it fell below 1.4: the step's results would compare a crippled kernel
+# against whatever torch got. Each check (with the core-to-core round trip) goes to
+# core_scaling.jsonl.
 : > $OUT/core_scaling.jsonl
 scaling() { "$PY" benchmarks/core_scaling.py "$@" | tee -a $OUT/core_scaling.jsonl | \
   "$PY" -c 'import json,sys; print(json.load(sys.stdin)["two_core_scaling"])'; }
