@@ -1,6 +1,7 @@
 // Driver of the batch-lanes kernel (kernels/sparse_conv_batch.hpp): whole blocks of W images
 // (16 on AVX-512) with the images in the SIMD lanes, for layers of strides up to kMaxLaneStride.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -350,19 +351,55 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     const LayoutGeom geom = layout_geom(lp, (band_rows_max - 1) * lp.sh + drmax + 1, W);
     const std::vector<int32_t> table = lanes_table(a, lp, geom, W);
     std::vector<int64_t> bad(static_cast<size_t>(nbands * 8), 0);  // one cache line per band
+    // A cut inside a unit that no other cut touches makes that unit a pool the two bands share:
+    // each runs its own units first, then takes blocks of the pool's output channels, the band
+    // before from the first block up, the band after from the last down, until they meet. Both
+    // have laid out the unit's rows anyway, and the band that finishes its own part first takes
+    // more, instead of waiting at the end (a 1-row tail tile, an unequal layout, the other
+    // tenant). pool[b]: boundary b (between bands b - 1 and b), per block of images.
+    const int64_t nblk = a.n / W;
+    constexpr int64_t kPoolBlock = 16;  // output channels per claim
+    const int64_t per_group = (og + kPoolBlock - 1) / kPoolBlock, items = a.groups * per_group;
+    std::vector<bool> pooled(static_cast<size_t>(nbands + 1), false);
+    for (int64_t b = 1; b < nbands; ++b)
+      pooled[b] = cuts.ch[b] > 0 && cuts.unit[b - 1] < cuts.unit[b] && cuts.unit[b] < cuts.unit[b + 1];
+    struct alignas(64) Pool {
+      std::atomic<uint64_t> range{0};  // next item from the front (low 32 bits), one past the back (high)
+    };
+    std::vector<Pool> pool(static_cast<size_t>(nblk * (nbands + 1)));
+    for (Pool& q : pool) q.range.store(static_cast<uint64_t>(items) << 32);
+    // Claims one item of pool q from the front or the back; -1 when it is empty.
+    auto claim = [](Pool& q, bool front) -> int64_t {
+      uint64_t r = q.range.load(std::memory_order_relaxed);
+      for (;;) {
+        const uint64_t lo = r & 0xffffffffu, hi = r >> 32;
+        if (lo >= hi) return -1;
+        const uint64_t next = front ? ((hi << 32) | (lo + 1)) : (((hi - 1) << 32) | lo);
+        if (q.range.compare_exchange_weak(r, next, std::memory_order_relaxed)) return static_cast<int64_t>(front ? lo : hi - 1);
+      }
+    };
     parallel_for(nbands, threads, [&](int64_t b) {
       int64_t first, last;
       if (!band_rows(lp, cuts, b, oh, &first, &last)) return;
       float* lay = aligned_scratch(scratch(), static_cast<size_t>(a.c * geom.plane));
       bool any = false;
-      for (int64_t blk = 0; blk < a.n / W; ++blk) {
+      for (int64_t blk = 0; blk < nblk; ++blk) {
         any |= lay_out(a, isa, lp, geom, blk, 0, a.c, first * lp.sh, (last - first) * lp.sh + drmax + 1, lay);
         for (int64_t g = 0; g < a.groups; ++g)
           for (int64_t u = cuts.unit[b]; u <= cuts.unit[b + 1] && u < units; ++u) {
+            if ((u == cuts.unit[b] && pooled[b]) || (u == cuts.unit[b + 1] && pooled[b + 1])) continue;
             const int64_t m0 = u == cuts.unit[b] ? cuts.ch[b] : 0;
             const int64_t m1 = u == cuts.unit[b + 1] ? cuts.ch[b + 1] : a.out_channels;
             run_tile(blk, u, g, std::max(m0, g * og), std::min(m1, (g + 1) * og), lay, geom, table.data(), first);
           }
+        for (const int64_t edge : {b + 1, b}) {  // the pool after this band, then the one before
+          if (!pooled[edge]) continue;
+          Pool& q = pool[blk * (nbands + 1) + edge];
+          for (int64_t i; (i = claim(q, edge == b + 1)) >= 0;) {
+            const int64_t g = i / per_group, m0 = g * og + i % per_group * kPoolBlock;
+            run_tile(blk, cuts.unit[edge], g, m0, std::min(m0 + kPoolBlock, (g + 1) * og), lay, geom, table.data(), first);
+          }
+        }
       }
       bad[b * 8] = any;
     });
