@@ -30,6 +30,17 @@ inline std::vector<float>& scratch() {
   return buf;
 }
 
+// 64-byte aligned start of `buf` grown to hold at least n floats (16 floats of slack for the
+// alignment).
+inline float* aligned_scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n + 16) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(n + 16);
+  }
+  return buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
+}
+
 // Private L2 of one core, from the OS (sysconf), 1 MiB when unknown. The tile planners keep
 // the input one tile reads within it: a tile whose input spills to L3 runs at half speed.
 int64_t l2_bytes();

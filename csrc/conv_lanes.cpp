@@ -239,16 +239,6 @@ bool lay_out(const Conv2dArgs& a, const IsaKernels& isa, const LanesPlan& lp, co
   return any;
 }
 
-// 64-byte aligned start of a scratch vector of at least n floats.
-float* aligned_scratch(std::vector<float>& buf, size_t n) {
-  if (buf.size() < n + 16) {
-    buf.clear();
-    buf.shrink_to_fit();
-    buf.resize(n + 16);
-  }
-  return buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
-}
-
 }  // namespace
 
 // The batch-lanes kernel (kernels/sparse_conv_batch.hpp) on a call whose batch is a multiple of

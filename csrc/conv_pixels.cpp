@@ -268,14 +268,7 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     return any;
   };
   auto buffer = [&]() -> float* {
-    std::vector<float>& buf = scratch();
-    const size_t need = static_cast<size_t>(nshift * rep_stride + 16);
-    if (buf.size() < need) {
-      buf.clear();
-      buf.shrink_to_fit();
-      buf.resize(need);
-    }
-    float* dst = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / sizeof(float);
+    float* dst = aligned_scratch(scratch(), static_cast<size_t>(nshift * rep_stride));
     const int64_t used = buf_images * p.istride;
     for (int64_t k = 0; k < nshift; ++k)  // the slack after the last image of each replica
       std::memset(dst + k * rep_stride + used, 0, sizeof(float) * static_cast<size_t>(rep_stride - used));
