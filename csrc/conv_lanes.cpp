@@ -58,10 +58,17 @@ LayoutGeom layout_geom(const LanesPlan& lp, int64_t in_rows, int W) {
   return g;
 }
 
-// Pixels of unit u (row tile yc = u / nxc, pixel chunk xc = u % nxc).
+// First column and width of unit u's pixel chunk (xc = u % nxc; the row's chunks are balanced).
+int64_t unit_columns(const LanesPlan& lp, int64_t u, int64_t ow, int64_t* ox0) {
+  const int64_t xc = u % lp.nxc, small = ow / lp.nxc, extra = ow % lp.nxc;
+  *ox0 = xc * small + std::min(xc, extra);
+  return small + (xc < extra ? 1 : 0);
+}
+
+// Pixels of unit u (row tile u / nxc, pixel chunk u % nxc).
 int64_t unit_pixels(const LanesPlan& lp, int64_t u, int64_t oh, int64_t ow) {
-  const int64_t xc = u % lp.nxc, yc = u / lp.nxc;
-  return std::min<int64_t>(lp.rows_max, oh - yc * lp.rows_max) * (ow / lp.nxc + (xc < ow % lp.nxc ? 1 : 0));
+  int64_t ox0;
+  return std::min<int64_t>(lp.rows_max, oh - u / lp.nxc * lp.rows_max) * unit_columns(lp, u, ow, &ox0);
 }
 
 }  // namespace
@@ -284,9 +291,8 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
   auto run_tile = [&](int64_t blk, int64_t unit, int64_t g, int64_t row0, int64_t row1, const float* lay,
                       const LayoutGeom& geom, const int32_t* table, int64_t top) {
     if (row0 >= row1) return;
-    const int64_t xc = unit % nxc, yc = unit / nxc;
-    const int64_t small = ow / nxc, extra = ow % nxc;  // balanced pixel chunks
-    const int64_t ox0 = xc * small + std::min(xc, extra), oy0 = yc * R;
+    int64_t ox0;
+    const int64_t pixels = unit_columns(lp, unit, ow, &ox0), oy0 = unit / nxc * R;
     LaneTile t{};
     t.values = a.weight.values;
     t.col = a.weight.col;
@@ -296,7 +302,7 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     t.in = lay + g * a.cin_per_group * geom.plane + ((oy0 - top) * lp.prow + ox0) * W;
     t.row_stride = lp.prow * W;
     t.rows = static_cast<int>(std::min<int64_t>(R, oh - oy0));
-    t.pixels = static_cast<int>(small + (xc < extra ? 1 : 0));
+    t.pixels = static_cast<int>(pixels);
     t.row0 = row0;
     t.row1 = row1;
     t.out = a.out;
