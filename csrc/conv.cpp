@@ -225,10 +225,10 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
   const int64_t lanes = conv::lanes_images(a, isa, oh, ow, &lp);
   const int64_t W = isa.width, in_bytes = 4 * a.c * a.h * a.w;
   if (lanes > 0) {
-    const int64_t blocks = lanes / W, nyc = (oh + lp.rows_max - 1) / lp.rows_max;
+    const int64_t blocks = lanes / W;
     info.lanes_images = lanes;
     info.lanes_vec_fmas += blocks * oh * ow;
-    info.visits += blocks * nyc * lp.nxc;
+    info.visits += blocks * lp.units;
     info.epilogues += blocks * a.out_channels * oh * lp.nxc;
     info.layout_bytes += blocks * a.c * (lp.banded ? lp.band_planes : lp.plane) * 4;  // bands: halos twice
     info.layout_buffer_bytes = a.c * lp.plane * 4;

@@ -2,6 +2,7 @@
 // dispatch; conv_pixels.cpp: the per-image kernel; conv_lanes.cpp: the batch-lanes kernel).
 // Not part of the core's API.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -71,6 +72,12 @@ Schedule schedule_setting();
 // per-row constant for the epilogue): bounds[g * (parts + 1) + k].
 std::vector<int64_t> row_bounds(const Conv2dArgs& a, int64_t parts);
 
+// Nonzeros / (output channels x columns of a row): the weight's density.
+inline double weight_density(const Conv2dArgs& a) {
+  return static_cast<double>(a.weight.nnz) /
+         (static_cast<double>(std::max<int64_t>(1, a.out_channels)) * static_cast<double>(a.cin_per_group * a.kh * a.kw));
+}
+
 // Cut points of `parts` ranges of all output channels (across groups), balanced by nonzeros (+
 // the per-row constant of row_bounds): range k is [cuts[k], cuts[k + 1]).
 std::vector<int64_t> channel_cuts(const Conv2dArgs& a, int64_t parts);
@@ -138,6 +145,8 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
 // Geometry of the batch-lanes layout of a call with output oh x ow.
 struct LanesPlan {
   int64_t in_rows, in_cols;  // padded input rows and columns the output reads
+  int64_t drmax;             // rows a tap reaches below its output row's first, (kh - 1) dil_h
+  int64_t units;             // row tiles x pixel chunks
   int sh, sw;                // strides: the layout holds the input's stride phases
   int nrp, ncp;              // row / column phases some tap reads
   int rphase[kMaxLaneStride], cphase[kMaxLaneStride];  // phase -> its plane's index, -1: unused
@@ -156,6 +165,9 @@ struct LanesPlan {
   int64_t nbands;            // bands (threads, fewer when there is less work)
   int64_t band_planes;       // floats per channel the bands lay out, all together (even split)
 };
+
+// Padded input rows that `out_rows` consecutive output rows read.
+inline int64_t lanes_in_rows(const LanesPlan& lp, int64_t out_rows) { return (out_rows - 1) * lp.sh + lp.drmax + 1; }
 
 // Where the bands of the batch-lanes kernel start: band b runs from output channel ch[b] of unit
 // unit[b] (units: row tiles x pixel chunks, in order) to ch[b + 1] of unit[b + 1], exclusive.

@@ -75,7 +75,7 @@ int64_t unit_pixels(const LanesPlan& lp, int64_t u, int64_t oh, int64_t ow) {
 
 BandCuts band_cuts(const LanesPlan& lp, int64_t oh, int64_t ow, int64_t out_channels, int64_t nbands,
                    const std::function<double(int64_t)>& cost) {
-  const int64_t units = (oh + lp.rows_max - 1) / lp.rows_max * lp.nxc;
+  const int64_t units = lp.units;
   BandCuts cuts;
   cuts.unit.assign(static_cast<size_t>(nbands + 1), units);
   cuts.ch.assign(static_cast<size_t>(nbands + 1), 0);
@@ -130,7 +130,8 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   const int64_t drmax = (a.kh - 1) * a.dil_h, dqmax = (a.kw - 1) * a.dil_w;
   lp->sh = static_cast<int>(a.stride_h);
   lp->sw = static_cast<int>(a.stride_w);
-  lp->in_rows = (oh - 1) * a.stride_h + drmax + 1;
+  lp->drmax = drmax;
+  lp->in_rows = lanes_in_rows(*lp, oh);
   lp->in_cols = (ow - 1) * a.stride_w + dqmax + 1;
   // Stride phases: tap (r, s) of output (oy, ox) reads padded pixel (oy sh + r dil_h, ox sw +
   // s dil_w), i.e. row oy + (r dil_h) / sh, column ox + (s dil_w) / sw of phase ((r dil_h) % sh,
@@ -190,21 +191,19 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   lp->chunk_density = std::numeric_limits<double>::infinity();
   if (setting > 0 && fits < cg) lp->chunk_density = 0.0;
   if (setting < 0 && fits < cg) lp->chunk_density = kChunkNnz / static_cast<double>(fits * a.kh * a.kw);
-  const double cols = static_cast<double>(cg * a.kh * a.kw) * static_cast<double>(std::max<int64_t>(1, a.out_channels));
-  const double density = static_cast<double>(a.weight.nnz) / cols;
-  lp->chunk_ch = density >= lp->chunk_density && a.weight.nnz > 0 ? fits : cg;
+  lp->chunk_ch = weight_density(a) >= lp->chunk_density && a.weight.nnz > 0 ? fits : cg;
   lp->nchunks = static_cast<int>((cg + lp->chunk_ch - 1) / lp->chunk_ch);
   // Schedule: bands (one per thread, each laying out its own rows) unless their halos would lay
   // out more than half as much again as one shared layout. Decided on the bands of an even
   // split (the run balances them by nonzeros: they move by less than a row tile).
-  const int64_t units = (oh + lp->rows_max - 1) / lp->rows_max * lp->nxc;
-  lp->nbands = std::min<int64_t>(std::max(1, a.threads), units * a.out_channels);
+  lp->units = (oh + lp->rows_max - 1) / lp->rows_max * lp->nxc;
+  lp->nbands = std::min<int64_t>(std::max(1, a.threads), lp->units * a.out_channels);
   const BandCuts even = band_cuts(*lp, oh, ow, a.out_channels, lp->nbands, [](int64_t m) { return double(m); });
   lp->band_planes = 0;
   for (int64_t b = 0; b < lp->nbands; ++b) {
     int64_t first, last;
     if (band_rows(*lp, even, b, oh, &first, &last))
-      lp->band_planes += layout_geom(*lp, (last - first) * lp->sh + drmax + 1, W).plane;
+      lp->band_planes += layout_geom(*lp, lanes_in_rows(*lp, last - first + 1), W).plane;
   }
   const Schedule sched = schedule_setting();
   lp->banded = sched == Schedule::local || (sched == Schedule::automatic && lp->band_planes * 2 <= lp->plane * 3);
@@ -260,7 +259,7 @@ bool lay_out(const Conv2dArgs& a, const IsaKernels& isa, const LanesPlan& lp, co
 //    the bands' halos would repeat much of the layout.
 bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp) {
   const int W = isa.width, threads = std::max(1, a.threads);
-  const int64_t K = a.kh * a.kw, drmax = (a.kh - 1) * a.dil_h;
+  const int64_t K = a.kh * a.kw;
 
   // Each output channel's first nonzero of every input-channel chunk (columns ascend, channel
   // by channel).
@@ -284,7 +283,7 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     }
   }
 
-  const int64_t R = lp.rows_max, nyc = (oh + R - 1) / R, nxc = lp.nxc, units = nyc * nxc;
+  const int64_t R = lp.rows_max, nxc = lp.nxc, units = lp.units;
   const int64_t og = a.out_channels / a.groups;
   // Runs output channels [row0, row1) of group g on unit (row tile x pixel chunk) `unit` of
   // block blk; `lay` is the block's layout whose band-relative row 0 is output row `top`.
@@ -344,7 +343,7 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
   bool nonfinite = false;
   if (banded) {
     const int64_t nbands = lp.nbands;
-    const LayoutGeom geom = layout_geom(lp, (band_rows_max - 1) * lp.sh + drmax + 1, W);
+    const LayoutGeom geom = layout_geom(lp, lanes_in_rows(lp, band_rows_max), W);
     const std::vector<int32_t> table = lanes_table(a, lp, geom, W);
     std::vector<int64_t> bad(static_cast<size_t>(nbands * 8), 0);  // one cache line per band
     // A cut inside a unit that no other cut touches makes that unit a pool the two bands share:
@@ -380,7 +379,7 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
       float* lay = aligned_scratch(scratch(), static_cast<size_t>(a.c * geom.plane));
       bool any = false;
       for (int64_t blk = 0; blk < nblk; ++blk) {
-        any |= lay_out(a, isa, lp, geom, blk, 0, a.c, first * lp.sh, (last - first) * lp.sh + drmax + 1, lay);
+        any |= lay_out(a, isa, lp, geom, blk, 0, a.c, first * lp.sh, lanes_in_rows(lp, last - first + 1), lay);
         for (int64_t g = 0; g < a.groups; ++g)
           for (int64_t u = cuts.unit[b]; u <= cuts.unit[b + 1] && u < units; ++u) {
             if ((u == cuts.unit[b] && pooled[b]) || (u == cuts.unit[b + 1] && pooled[b + 1])) continue;

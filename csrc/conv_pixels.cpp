@@ -204,9 +204,7 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
                               static_cast<double>(nvec) * static_cast<double>(a.n);
     pl.local_density = sched == Schedule::local ? 0.0 : 2.0 * threads * layout_vectors / dense_fmas;
   }
-  const double density = static_cast<double>(a.weight.nnz) /
-                         (static_cast<double>(a.out_channels) * static_cast<double>(a.cin_per_group * a.kh * a.kw));
-  pl.local = density >= pl.local_density;
+  pl.local = weight_density(a) >= pl.local_density;
   return pl;
 }
 
