@@ -1,7 +1,9 @@
 // The batch-lanes FMA loop alone (the loop of kernels/sparse_conv_batch.hpp, lanes_accumulate) on a
 // real pruned layer: one thread, one group's output channels, tiles of R x P output pixels over a
-// padded 16-image layout, offsets looked up two nonzeros ahead as in the kernel. No layout, no
-// epilogue: G FMA/s (16-lane FMAs) of the loop for several tile shapes, in three settings:
+// padded 16-image layout, each nonzero's offset read three nonzeros ahead as in the kernel (built
+// with -DLANES_LOOP_TABLE: looked up from its column in a column -> offset table instead, as the
+// kernel did before). No layout, no epilogue: G FMA/s (16-lane FMAs) of the loop for several
+// tile shapes, in three settings:
 //   real  -- the layer's nonzeros;
 //   twice -- every nonzero run twice in a row (the same lines, twice the FMAs): the second copy
 //            hits the L1, so (2/twice - 1/real) is the cost of one FMA from the L1, and the rest
@@ -108,11 +110,14 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
   const int64_t oh = rows - l.kh + 1, ow = pitch - l.kw + 1;
   float* lay = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(l.cin * plane) * 4));
   for (int64_t i = 0; i < l.cin * plane; ++i) lay[i] = 1e-3f * static_cast<float>(i % 7);
-  std::vector<int32_t> off(l.col.size());  // column -> offset into the layout, as the kernel's table
-  for (size_t j = 0; j < l.col.size(); ++j) {
-    const int64_t c = l.col[j] / (l.kh * l.kw), r = l.col[j] / l.kw % l.kh, s = l.col[j] % l.kw;
-    off[j] = static_cast<int32_t>(c * plane + (r * pitch + s) * 16);
-  }
+  std::vector<int32_t> table(static_cast<size_t>(l.cin * l.kh * l.kw));  // column -> offset into the layout
+  for (int64_t c = 0; c < l.cin; ++c)
+    for (int64_t r = 0; r < l.kh; ++r)
+      for (int64_t s = 0; s < l.kw; ++s)
+        table[static_cast<size_t>((c * l.kh + r) * l.kw + s)] = static_cast<int32_t>(c * plane + (r * pitch + s) * 16);
+  std::vector<int32_t> off(l.col.size());  // per nonzero, as conv_lanes.cpp's lanes_offsets
+  std::vector<uint16_t> col16(l.col.size());
+  for (size_t j = 0; j < l.col.size(); ++j) off[j] = table[static_cast<size_t>(l.col[j])], col16[j] = static_cast<uint16_t>(l.col[j]);
   float* out = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(R * P * 16) * 4));
   const int64_t rs = pitch * 16;
   double best = 1e30;
@@ -127,12 +132,18 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
           for (int i = 0; i < R * P; ++i) acc[i] = _mm512_setzero_ps();
           const float* base = lay + (oy * pitch + ox) * 16;
           const int32_t j0 = l.ptr[m], j1 = l.ptr[m + 1];
-          int32_t next = j0 < j1 ? off[j0] : 0, next2 = j0 + 1 < j1 ? off[j0 + 1] : 0;
+#ifdef LANES_LOOP_TABLE
+          auto at = [&](int32_t j) { return table[col16[static_cast<size_t>(j)]]; };
+#else
+          auto at = [&](int32_t j) { return off[static_cast<size_t>(j)]; };
+#endif
+          int32_t next = j0 < j1 ? at(j0) : 0, next2 = j0 + 1 < j1 ? at(j0 + 1) : 0, next3 = j0 + 2 < j1 ? at(j0 + 2) : 0;
           for (int32_t j = j0; j < j1; ++j) {
             const __m512 w = _mm512_set1_ps(l.val[j]);
             const float* p = base + next;
             next = next2;
-            if (j + 2 < j1) next2 = off[j + 2];
+            next2 = next3;
+            if (j + 3 < j1) next3 = at(j + 3);
 #pragma GCC unroll 4
             for (int r = 0; r < R; ++r) {
               const float* q = p + r * rs;

@@ -37,10 +37,8 @@ struct ConvTile {
 // channels [row0, row1) of one group.
 struct LaneTile {
   const float* values;
-  const void* col;
-  bool col16;
   const int32_t* row_ptr;
-  const int32_t* table;  // column -> offset (floats) into the group's layout
+  const int32_t* offs;   // per nonzero: its input's offset (floats) into the group's layout
   const float* in;       // layout of the group, at the tile's first pixel
   int64_t row_stride;    // floats between layout rows
   int rows, pixels;      // R (1..4), P (1..W)

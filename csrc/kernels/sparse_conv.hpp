@@ -40,7 +40,8 @@ void conv_rows(const ConvTile& t) {
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
 
-    // Offsets looked up two nonzeros ahead (see sparse_conv_batch.hpp).
+    // Offsets looked up two nonzeros ahead: the column -> table -> address chain then overlaps
+    // earlier FMAs instead of delaying this nonzero's loads.
     int64_t j = t.row_ptr[m];
     const int64_t j1 = t.row_ptr[m + 1];
     int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;

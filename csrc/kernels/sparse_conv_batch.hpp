@@ -17,24 +17,26 @@
 #include "kernels/dispatch.hpp"
 
 // acc += the nonzeros [j, j1) of output channel m: R x P output vectors, one FMA per vector.
-template <class V, int R, int P, class Idx>
+template <class V, int R, int P>
 inline void lanes_accumulate(const LaneTile& t, int64_t j, const int64_t j1, typename V::T (&acc)[R][P]) {
   using T = typename V::T;
   constexpr int W = V::W;
-  const Idx* __restrict col = static_cast<const Idx*>(t.col);
+  const int32_t* __restrict offs = t.offs;
   const float* __restrict vals = t.values;
-  const int32_t* __restrict table = t.table;
   const float* in = t.in;
   const int64_t rs = t.row_stride;  // floats between consecutive plane rows
-  // Offsets are looked up two nonzeros ahead: the column -> table -> address chain then
-  // overlaps earlier FMAs instead of delaying this nonzero's loads (+5-9 % on CaffeNet conv3
-  // and ResNet-50 layer4 at batch 16).
-  int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;
+  // Each nonzero's offset comes from a per-call array (conv_lanes.cpp, lanes_offsets), not from
+  // a column -> offset table in the loop: that second, dependent load cost 5-6 % of CaffeNet
+  // conv2-5 at batch 16. Offsets are read three nonzeros ahead, so a nonzero's loads never
+  // wait for its address: the offset's load would otherwise queue behind the previous
+  // nonzero's R x P loads (two ahead: 1-3 % slower on CaffeNet conv2-5, four: no faster).
+  int32_t next = j < j1 ? offs[j] : 0, next2 = j + 1 < j1 ? offs[j + 1] : 0, next3 = j + 2 < j1 ? offs[j + 2] : 0;
   for (; j < j1; ++j) {
     const T w = V::bcast(vals[j]);
     const float* base = in + next;
     next = next2;
-    if (j + 2 < j1) next2 = table[col[j + 2]];
+    next2 = next3;
+    if (j + 3 < j1) next3 = offs[j + 3];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const float* q = base + r * rs;
@@ -117,7 +119,7 @@ __attribute__((noinline)) void lanes_prefetch_out(const LaneTile& t, int64_t m) 
 // mostly come from the L2 (the tile's input of all channels is up to 1 MB). Chunks pay only
 // when an output channel has enough nonzeros in a chunk to cover the partial sums' reload
 // and store (the planner's rule, conv_lanes.cpp).
-template <class V, int R, int P, class Idx>
+template <class V, int R, int P>
 void lanes_rows(const LaneTile& t) {
   using T = typename V::T;
   constexpr int W = V::W;
@@ -130,7 +132,7 @@ void lanes_rows(const LaneTile& t) {
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
         for (int p = 0; p < P; ++p) acc[r][p] = V::zero();
-      lanes_accumulate<V, R, P, Idx>(t, t.row_ptr[m], t.row_ptr[m + 1], acc);
+      lanes_accumulate<V, R, P>(t, t.row_ptr[m], t.row_ptr[m + 1], acc);
       lanes_store<V, R, P>(t, m, acc);
     }
     return;
@@ -148,7 +150,7 @@ void lanes_rows(const LaneTile& t) {
         for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
           for (int p = 0; p < P; ++p) acc[r][p] = k == 0 ? V::zero() : V::load(s + (r * P + p) * W);
-        lanes_accumulate<V, R, P, Idx>(t, cp[0], cp[1], acc);
+        lanes_accumulate<V, R, P>(t, cp[0], cp[1], acc);
         if (k == nk - 1) {
           lanes_store<V, R, P>(t, m, acc);
         } else {
@@ -162,19 +164,11 @@ void lanes_rows(const LaneTile& t) {
   }
 }
 
-template <class V, int R, int P>
-void lanes_entry(const LaneTile& t) {
-  if (t.col16)
-    lanes_rows<V, R, P, uint16_t>(t);
-  else
-    lanes_rows<V, R, P, int32_t>(t);
-}
-
 // Only the (R, P) pairs that fit the register file exist; rows of more than W pixels (one
 // transpose) only as single-row tiles.
 template <class V, int R, int P, bool Fits = (R * P <= V::MAX_ACC && (P <= V::W || R == 1))>
 struct LanesEntry {
-  static constexpr void (*fn)(const LaneTile&) = &lanes_entry<V, R, P>;
+  static constexpr void (*fn)(const LaneTile&) = &lanes_rows<V, R, P>;
 };
 template <class V, int R, int P>
 struct LanesEntry<V, R, P, false> {
