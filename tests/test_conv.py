@@ -331,6 +331,30 @@ def test_batch_lanes_wide_rows_with_residual(isa, width):
     assert_close(y, torch.relu(dense_ref(x, wd, b, padding=1) + res.double()))
 
 
+@pytest.mark.parametrize("c, o, groups, density", [
+    (256, 64, 1, 1.0),    # 147K nonzeros
+    (256, 256, 2, 0.5),   # groups: columns are local to a group
+])
+def test_batch_lanes_offsets_pass_split_over_threads(isa, c, o, groups, density):
+    """From 2^17 nonzeros the batch-lanes kernel turns columns into input offsets on all threads
+    (kParallelOffsets, csrc/conv_lanes.cpp); the result must not depend on it. (32-bit columns,
+    > 65536 per group, never take the batch-lanes kernel: a tile's input would exceed any L2.)"""
+    gen = torch.Generator().manual_seed(c + o)
+    wd = random_weight((o, c // groups, 3, 3), density, gen)
+    sw = SparseWeight.from_dense(wd, groups=groups)
+    assert sw.nnz >= 1 << 17
+    plan = sparsecnn._core.conv2d_plan(16, c, 4, 5, o, c // groups, 3, 3, groups, [1, 1], [1, 1, 1, 1], [1, 1], 2,
+                                       density)
+    assert plan["lanes_images"] == 16 // plan["vector_width"] * plan["vector_width"]
+    x = torch.randn(16, c, 4, 5, generator=gen)
+    b = torch.randn(o, generator=gen)
+    ref = dense_ref(x, wd, b, padding=1, groups=groups)
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(x, sw, b, padding=1, groups=groups)
+        assert_close(y, ref)
+
+
 def test_batch_lanes_input_channel_chunks_by_default(tmp_path):
     """By default (SPARSECNN_LANES_CHUNK unset = auto) rows dense enough over many channels are
     swept in L1-sized channel chunks, partial sums kept between them (csrc/conv_lanes.cpp);

@@ -193,6 +193,17 @@ void test_conv_random(const char* isa) {
   check(bad == 0, std::string("random convolutions on ") + isa);
 }
 
+// A batch-lanes layer with 147K nonzeros: its offsets pass runs on both threads (from
+// kParallelOffsets = 2^17 nonzeros, conv_lanes.cpp).
+void test_lanes_many_nonzeros(const char* isa) {
+  std::mt19937 rng(99);
+  ConvCase k{};
+  k.n = 16; k.c = 256; k.o = 64; k.g = 1; k.kh = k.kw = 3; k.sh = k.sw = 1; k.dh = k.dw = 1;
+  k.pt = k.pb = k.pl = k.pr = 1; k.h = 4; k.w = 5;
+  k.bias = true; k.relu = true; k.use16 = true; k.density = 1.0; k.threads = 2;
+  check(run_conv_case(k, rng), std::string("batch-lanes layer with 147K nonzeros on ") + isa);
+}
+
 void test_linear_random(const char* isa) {
   std::mt19937 rng(99);
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
@@ -354,6 +365,7 @@ int main() {
     }
     scnn::set_isa(isa);
     test_conv_random(isa);
+    test_lanes_many_nonzeros(isa);
     test_linear_random(isa);
   }
   scnn::set_isa("auto");
