@@ -40,16 +40,20 @@ void conv_rows(const ConvTile& t) {
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
 
-    // Offsets looked up two nonzeros ahead: the column -> table -> address chain then overlaps
-    // earlier FMAs instead of delaying this nonzero's loads.
+    // Offsets looked up three nonzeros ahead: the column -> table -> address chain then overlaps
+    // earlier FMAs instead of delaying this nonzero's loads (two ahead: CaffeNet conv2-5 at
+    // batch 1 1.5-3 % slower). Per-nonzero offsets made once per call, as the batch-lanes kernel
+    // reads them, cost more than they save at these layer times (docs/kernel.md).
     int64_t j = t.row_ptr[m];
     const int64_t j1 = t.row_ptr[m + 1];
-    int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0;
+    int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0,
+            next3 = j + 2 < j1 ? table[col[j + 2]] : 0;
     for (; j < j1; ++j) {
       const T w = V::bcast(vals[j]);
       const float* p = in + next;
       next = next2;
-      if (j + 2 < j1) next2 = table[col[j + 2]];
+      next2 = next3;
+      if (j + 3 < j1) next3 = table[col[j + 3]];
 #pragma GCC unroll 16
       for (int b = 0; b < NB; ++b) {
         const float* pb = p + b * istride;
