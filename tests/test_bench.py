@@ -178,6 +178,31 @@ def test_gsl_table_over_real_runs(tmp_path):
         run_gsl_table(tmp_path / "missing")
 
 
+def test_ab_resnet_shape_mode(tmp_path, capsys):
+    """benchmarks/ab_resnet.py --shape: one build against itself on a random-mask layer, checked
+    against conv2d, both medians reported (table and JSON)."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))  # ab_resnet imports ab_core's loader
+    try:
+        spec = importlib.util.spec_from_file_location("ab_resnet", bench_dir / "ab_resnet.py")
+        ab = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ab)
+    finally:
+        sys.path.remove(str(bench_dir))
+    core = sparsecnn._core.__file__
+    out = tmp_path / "ab.json"
+    assert ab.main([core, core, "--shape", "24", "7", "--densities", "0.2,0.5", "--batch", "16", "--threads", "1",
+                    "--rounds", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["layers"]) == 2
+    for t in res["layers"].values():
+        assert t["old"] > 0 and t["new"] > 0
+    assert "sum" in capsys.readouterr().out
+
+
 def test_ab_core_compares_two_loaded_builds(tmp_path, capsys):
     """benchmarks/ab_core.py loads a core file twice side by side, checks both against conv2d
     and reports both timings; the same build against itself gives matching results."""
