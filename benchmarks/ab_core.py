@@ -111,12 +111,18 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def ab_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every A/B script takes: the two core files, the batch and the threads."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("old", help="path of the old _core extension file")
     p.add_argument("new", help="path of the new _core extension file")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ab_parser(__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=10, help="rounds per layer (default 10; each times every build "
                    "5 times warm and 3 times after dense)")
     p.add_argument("--json", metavar="FILE", help="also write the medians as JSON")

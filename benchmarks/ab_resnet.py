@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -29,7 +28,7 @@ from typing import Callable
 import torch
 
 import sparsecnn
-from ab_core import load_core
+from ab_core import ab_parser, load_core
 from sparsecnn.models.pruned import load_pruned_layers
 from sparsecnn.ops.conv import _dl
 from sparsecnn.perf.probe import settle_allocator
@@ -72,11 +71,7 @@ def ab_times(cores: dict[str, ModuleType], w: torch.Tensor, hw: int, stride: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("old", help="path of the old _core extension file")
-    p.add_argument("new", help="path of the new _core extension file")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p = ab_parser(__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--shape", type=int, nargs=2, metavar=("C", "HW"), help="one C -> C layer on HW x HW maps")
     p.add_argument("--densities", default="0.1,0.3,0.6", help="with --shape: comma-separated densities")
