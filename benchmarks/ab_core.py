@@ -85,9 +85,7 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
         runs = {k: sparse(c) for k, c in cores.items()}
         for k, f in runs.items():
             f()
-            err = float((y - ref).abs().max())
-            if err > 1e-3 * float(ref.abs().max()):
-                raise AssertionError(f"{k} differs from conv2d on {name}: max abs error {err}")
+            check_output(y, ref, f"{k} on {name}")
 
         def dense() -> None:
             torch.nn.functional.conv2d(x, w, bias, padding=pad, groups=groups)
@@ -109,6 +107,13 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
         out["layers"][name] = {state: {k: statistics.median(v) for k, v in d.items()} for state, d in times.items()}
         out["layers"][name]["dense"] = statistics.median(dense_times)
     return out
+
+
+def check_output(y: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Raises when a build's output differs from conv2d's by more than 1e-3 of its largest value."""
+    err = float((y - ref).abs().max())
+    if err > 1e-3 * float(ref.abs().max()):
+        raise AssertionError(f"{what} differs from conv2d: max abs error {err}")
 
 
 def ab_parser(description: str) -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 import sparsecnn
-from ab_core import ab_parser, load_core
+from ab_core import ab_parser, check_output, load_core
 from sparsecnn.models.pruned import load_pruned_layers
 from sparsecnn.ops.conv import _dl
 from sparsecnn.perf.probe import settle_allocator
@@ -56,9 +56,7 @@ def ab_times(cores: dict[str, ModuleType], w: torch.Tensor, hw: int, stride: int
     ref = torch.nn.functional.conv2d(x, w, bias, stride=stride, padding=1).relu_()
     for k, f in fns.items():
         f()
-        err = float((y - ref).abs().max())
-        if err > 1e-3 * float(ref.abs().max()):
-            raise AssertionError(f"{k} differs from conv2d: max abs error {err}")
+        check_output(y, ref, k)
     ts: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
         for k in (list(fns) if r % 2 else list(fns)[::-1]):
