@@ -1,21 +1,22 @@
 // The batch-lanes FMA loop alone (the loop of kernels/sparse_conv_batch.hpp, lanes_accumulate) on a
 // real pruned layer: one thread, one group's output channels, tiles of R x P output pixels over a
-// padded 16-image layout, each nonzero's offset read three nonzeros ahead as in the kernel (built
+// padded W-image layout (W = 16 when built for AVX-512, else 8 with AVX2), each nonzero's offset read three nonzeros ahead as in the kernel (built
 // with -DLANES_LOOP_TABLE: looked up from its column in a column -> offset table instead, as the
-// kernel did before). No layout, no epilogue: G FMA/s (16-lane FMAs) of the loop for several
+// kernel did before). No layout, no epilogue: G FMA/s (W-lane FMAs) of the loop for several
 // tile shapes, in three settings:
 //   real  -- the layer's nonzeros;
 //   twice -- every nonzero run twice in a row (the same lines, twice the FMAs): the second copy
 //            hits the L1, so (2/twice - 1/real) is the cost of one FMA from the L1, and the rest
 //            of 1/real is the wait for lines from the L2;
 //   L1    -- every nonzero moved to input channel 0 (the tile's input stays in the L1).
-// "lines/FMA" is the number of distinct input lines per FMA if the L1 keeps the lines of one
-// (output channel, input channel) pair and nothing longer: what each shape must fetch.
+// "lines/FMA" is the number of distinct 64-byte input lines per FMA if the L1 keeps the lines of
+// one (output channel, input channel) pair and nothing longer: what each shape must fetch.
 //
 //   .venv/bin/python -m zipfile -e ../shared/data/pruned/caffenet_l1_acc56.3.npz /tmp/caffenet &&
 //   g++ -O3 -march=native -std=c++17 benchmarks/lanes_loop.cpp -o /tmp/lanes_loop &&
 //   /tmp/lanes_loop /tmp/caffenet/conv3 13 1 1     # prefix of the .npy files, map size, padding, groups
 //   /tmp/lanes_loop /tmp/caffenet/conv2 27 2 2
+//   (on a CPU without AVX-512, -march=native builds the AVX2 loop with its own tile shapes)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,6 +32,24 @@
 #include <vector>
 
 namespace {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+using Vec = __m512;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vbcast(float x) { return _mm512_set1_ps(x); }
+inline Vec vload(const float* p) { return _mm512_load_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_store_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+#else
+constexpr int W = 8;
+using Vec = __m256;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vbcast(float x) { return _mm256_set1_ps(x); }
+inline Vec vload(const float* p) { return _mm256_load_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_store_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+#endif
 
 // The raw data of a little-endian version-1 .npy file (its header skipped; T must match its dtype).
 template <class T>
@@ -95,7 +114,7 @@ double lines_per_fma(const Layer& l, int R, int P) {
       const int64_t c = l.col[j] / (l.kh * l.kw), r = l.col[j] / l.kw % l.kh, s = l.col[j] % l.kw;
       if (c != c_prev) lines += static_cast<double>(seen.size()), seen.clear(), c_prev = c;
       for (int a = 0; a < R; ++a)
-        for (int b = 0; b < P; ++b) seen.emplace(r + a, s + b);
+        for (int b = 0; b < P; ++b) seen.emplace(r + a, (s + b) * W / 16);  // 16 floats a line
       fmas += R * P;
     }
     lines += static_cast<double>(seen.size());
@@ -106,7 +125,7 @@ double lines_per_fma(const Layer& l, int R, int P) {
 // G FMA/s of the loop over all tiles of an H x H map (best of `reps` sweeps).
 template <int R, int P>
 double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
-  const int64_t rows = H + 2 * pad, pitch = H + 2 * pad, plane = rows * pitch * 16;
+  const int64_t rows = H + 2 * pad, pitch = H + 2 * pad, plane = rows * pitch * W;
   const int64_t oh = rows - l.kh + 1, ow = pitch - l.kw + 1;
   float* lay = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(l.cin * plane) * 4));
   for (int64_t i = 0; i < l.cin * plane; ++i) lay[i] = 1e-3f * static_cast<float>(i % 7);
@@ -114,12 +133,12 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
   for (int64_t c = 0; c < l.cin; ++c)
     for (int64_t r = 0; r < l.kh; ++r)
       for (int64_t s = 0; s < l.kw; ++s)
-        table[static_cast<size_t>((c * l.kh + r) * l.kw + s)] = static_cast<int32_t>(c * plane + (r * pitch + s) * 16);
+        table[static_cast<size_t>((c * l.kh + r) * l.kw + s)] = static_cast<int32_t>(c * plane + (r * pitch + s) * W);
   std::vector<int32_t> off(l.col.size());  // per nonzero, as conv_lanes.cpp's lanes_offsets
   std::vector<uint16_t> col16(l.col.size());
   for (size_t j = 0; j < l.col.size(); ++j) off[j] = table[static_cast<size_t>(l.col[j])], col16[j] = static_cast<uint16_t>(l.col[j]);
-  float* out = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(R * P * 16) * 4));
-  const int64_t rs = pitch * 16;
+  float* out = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(R * P * W) * 4));
+  const int64_t rs = pitch * W;
   double best = 1e30;
   for (int rep = 0; rep < reps; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -127,10 +146,10 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
     for (int64_t oy = 0; oy + R <= oh; oy += R)
       for (int64_t ox = 0; ox + P <= ow; ox += P)
         for (int64_t m = 0; m < l.out; ++m) {
-          __m512 acc[R * P];
+          Vec acc[R * P];
 #pragma GCC unroll 32
-          for (int i = 0; i < R * P; ++i) acc[i] = _mm512_setzero_ps();
-          const float* base = lay + (oy * pitch + ox) * 16;
+          for (int i = 0; i < R * P; ++i) acc[i] = vzero();
+          const float* base = lay + (oy * pitch + ox) * W;
           const int32_t j0 = l.ptr[m], j1 = l.ptr[m + 1];
 #ifdef LANES_LOOP_TABLE
           auto at = [&](int32_t j) { return table[col16[static_cast<size_t>(j)]]; };
@@ -139,7 +158,7 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
 #endif
           int32_t next = j0 < j1 ? at(j0) : 0, next2 = j0 + 1 < j1 ? at(j0 + 1) : 0, next3 = j0 + 2 < j1 ? at(j0 + 2) : 0;
           for (int32_t j = j0; j < j1; ++j) {
-            const __m512 w = _mm512_set1_ps(l.val[j]);
+            const Vec w = vbcast(l.val[j]);
             const float* p = base + next;
             next = next2;
             next2 = next3;
@@ -148,11 +167,11 @@ double loop_rate(const Layer& l, int64_t H, int64_t pad, int reps) {
             for (int r = 0; r < R; ++r) {
               const float* q = p + r * rs;
 #pragma GCC unroll 32
-              for (int i = 0; i < P; ++i) acc[r * P + i] = _mm512_fmadd_ps(w, _mm512_load_ps(q + i * 16), acc[r * P + i]);
+              for (int i = 0; i < P; ++i) acc[r * P + i] = vfma(w, vload(q + i * W), acc[r * P + i]);
             }
           }
 #pragma GCC unroll 32
-          for (int i = 0; i < R * P; ++i) _mm512_store_ps(out + i * 16, acc[i]);
+          for (int i = 0; i < R * P; ++i) vstore(out + i * W, acc[i]);
           fmas += static_cast<double>(j1 - j0) * R * P;
         }
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / fmas);
@@ -184,12 +203,23 @@ int main(int argc, char** argv) {
   std::printf("%s: %lld output channels (group 0), %lld x %lld x %lld, %zu nonzeros, %lldx%lld map, one thread\n",
               argv[1], static_cast<long long>(l.out), static_cast<long long>(l.cin), static_cast<long long>(l.kh),
               static_cast<long long>(l.kw), l.col.size(), static_cast<long long>(H), static_cast<long long>(H));
-  std::printf("tile     lines/FMA    real   twice      L1  L1 FMA G/s  wait for L2\n");
-  row<1, 13>(l, H, pad);
-  row<2, 13>(l, H, pad);
-  row<3, 9>(l, H, pad);
-  row<4, 7>(l, H, pad);
-  row<1, 27>(l, H, pad);
-  row<2, 14>(l, H, pad);
+  std::printf("%d-lane vectors\ntile     lines/FMA    real   twice      L1  L1 FMA G/s  wait for L2\n", W);
+  if (W == 16) {  // shapes of up to 28 accumulators (of 32 zmm registers)
+    row<1, 13>(l, H, pad);
+    row<2, 13>(l, H, pad);
+    row<3, 9>(l, H, pad);
+    row<4, 7>(l, H, pad);
+    row<1, 27>(l, H, pad);
+    row<2, 14>(l, H, pad);
+  } else {  // up to 14 (of 16 ymm registers)
+    row<1, 7>(l, H, pad);
+    row<2, 6>(l, H, pad);
+    row<1, 9>(l, H, pad);
+    row<1, 12>(l, H, pad);
+    row<1, 13>(l, H, pad);
+    row<2, 7>(l, H, pad);
+    row<1, 14>(l, H, pad);
+    row<3, 4>(l, H, pad);
+  }
   return 0;
 }

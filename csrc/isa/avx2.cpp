@@ -15,7 +15,7 @@ struct V {
   using T = __m256;
   using Mask = __m256i;
   static constexpr int W = 8;
-  static constexpr int MAX_ACC = 12;  // of 16 ymm registers
+  static constexpr int MAX_ACC = 14;  // of 16 ymm registers: one holds the weight, one is spare
   static inline T zero() { return _mm256_setzero_ps(); }
   static inline T bcast(float x) { return _mm256_set1_ps(x); }
   static inline T loadu(const float* p) { return _mm256_loadu_ps(p); }

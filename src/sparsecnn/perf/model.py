@@ -67,7 +67,7 @@ __all__ = ["Machine", "Prediction", "PerfModel", "SCHEMA_VERSION"]
 log = logging.getLogger(__name__)
 
 #: (vector width in floats, max accumulators) of the conv micro-kernel per ISA (csrc/isa/*.cpp)
-ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 12), "portable": (8, 8)}
+ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 14), "portable": (8, 8)}
 
 #: bump when the JSON layout or the meaning of a fitted constant changes
 SCHEMA_VERSION = 7
@@ -192,8 +192,12 @@ class PerfModel:
     def synthetic(cls, F: float, B: float, a: float = 3.0, b: float = B_STORAGE, t0: float = 0.0,
                   B_llc: float | None = None, B_copy: float | None = None,
                   F_conv: float | None = None, threads: int = 1, visit_slots: float = 0.0,
-                  epi_slots: float = 0.0, isa: str = "avx512", a_lanes: float | None = None) -> "PerfModel":
+                  epi_slots: float = 0.0, isa: str | None = None, a_lanes: float | None = None) -> "PerfModel":
         """A model with given constants, no probing; dense conv runs at ``F_conv`` (default ``F``).
+
+        ``isa`` (default: the core's active one) sets the vector width that prices a vector FMA;
+        it must be the one whose plans :meth:`work` reads, or every FMA count is off by the ratio
+        of the widths.
 
         ``a`` (``a_lanes``) sets ``tau_fma`` (``tau_lanes``); ``visit_slots`` and ``epi_slots``
         price a tile visit and an epilogue in vector-FMA slots.
@@ -202,6 +206,10 @@ class PerfModel:
             >>> round(PerfModel.synthetic(F=1e11, B=1e10).a, 6)
             3.0
         """
+        if isa is None:
+            from sparsecnn import _core
+
+            isa = _core.active_isa()
         m = Machine(F=F, B_dram=B, B_llc=B_llc or B, B_copy=B_copy or B, B_copy_llc=B_copy or B,
                     F_conv_max=F_conv or F, C_half=0.0, threads=threads, isa=isa)
         model = cls(machine=m, b=b, t0=t0, measure_dense=False)
