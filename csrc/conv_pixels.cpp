@@ -126,10 +126,14 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   // costs two load slots on current x86 cores, which halves the FMA rate from L1. Used when it
   // widens rows by at most 25% and needs at most 3 replicas: the tiles mostly run from L2, where
   // alignment buys less, and the 5 replicas of a 5x5 layer cost more to write than they saved
-  // (CaffeNet conv2 at batch 1 and 4: 5% faster with one unaligned copy).
+  // (CaffeNet conv2 at batch 1 and 4: 5% faster with one unaligned copy). Only where a vector
+  // is a whole 64-byte line (AVX-512): a misaligned 32-byte AVX2 load crosses a line only half
+  // the time, and the replicas triple the input a tile reads from the L2. On a Zen 3 (512 KB
+  // L2) AVX2 without them took 12-42 % less time on CaffeNet conv3-5 at batch 1 and 4 and 23 %
+  // on ResNet-50's 3x3 layers at batch 1 (benchmarks/ab_core.py, ab_resnet.py).
   const int W = isa.width;
   int64_t& nshift = pl.nshift;
-  if (!p.direct) {
+  if (!p.direct && W * 4 >= 64) {
     const int64_t wa = (p.wrow + W - 1) / W * W;
     if (wa * 4 <= p.wrow * 5 && p.dqmax + 1 <= 3) {
       p.wrow = wa;

@@ -103,6 +103,12 @@ def test_kernel_work_is_the_cores_plan():
             assert w["local_density"] == pytest.approx(2 * 2 * 18432 / (256 * 1728 * 13))
             assert CONV5.kernel_work(1, threads=2, density=0.1)["layout_bytes"] == 2 * 4 * 384 * 16 * 16 * 3
             assert CONV5.kernel_work(1, threads=1, density=0.1)["layout_bytes"] == 4 * 384 * 16 * 16 * 3
+        else:
+            # 8-float vectors: no replicas and rows not widened to a multiple of the width (a
+            # misaligned 32-byte load crosses a line only half the time): one copy of 16 rows
+            # (13 + 2 padding + 1 of slack) x 15 columns, 13 x 15 positions in 25 vectors
+            w = CONV5.kernel_work(1, threads=1, density=0.1)
+            assert w["layout_bytes"] == 4 * 384 * 16 * 15 and w["vec_fmas"] == 25
         # a batch of 16 (+1): one block of 16 in the batch-lanes kernel (169 pixel vectors per
         # nonzero, no widened lanes), the last image per image
         w = CONV5.kernel_work(w16 + 1, threads=2)
