@@ -85,6 +85,7 @@ struct V {
   static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm512_storeu_ps(p, v); }
   static inline void store_tail(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  static inline void store_part(float* p, T v, int, Mask m) { store_tail(p, v, m); }  // masked stores are fast here
 };
 
 #include "kernels/epilogue.hpp"

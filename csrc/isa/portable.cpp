@@ -94,6 +94,7 @@ struct V {
   static inline void store_tail(float* p, T v, Mask m) {
     for (int i = m.lo; i < m.hi; ++i) p[i] = v.v[i];
   }
+  static inline void store_part(float* p, T v, int, Mask m) { store_tail(p, v, m); }  // a plain loop already
 };
 
 #include "kernels/epilogue.hpp"

@@ -19,6 +19,6 @@ inline void store_segment(float* dst, const float* src, int64_t n, typename V::T
     typename V::T r = V::add(V::load_tail(src + i, m), vb);
     if (res) r = V::add(r, V::load_tail(res + i, m));
     if (relu) r = V::max(V::zero(), r);
-    V::store_tail(dst + i, r, m);
+    V::store_part(dst + i, r, static_cast<int>(n - i), m);
   }
 }
