@@ -1,8 +1,8 @@
 // The batch-lanes FMA loop alone (the loop of kernels/sparse_conv_batch.hpp, lanes_accumulate) on a
 // real pruned layer: one thread, one group's output channels, tiles of R x P output pixels over a
-// padded W-image layout (W = 16 when built for AVX-512, else 8 with AVX2), each nonzero's offset read three nonzeros ahead as in the kernel (built
-// with -DLANES_LOOP_TABLE: looked up from its column in a column -> offset table instead, as the
-// kernel did before). No layout, no epilogue: G FMA/s (W-lane FMAs) of the loop for several
+// padded W-image layout (W = 16 when built for AVX-512, else 8 with AVX2), each nonzero's offset
+// read three nonzeros ahead as in the kernel (built with -DLANES_LOOP_TABLE: looked up from its
+// column in a column -> offset table instead, as the kernel did before). No layout, no epilogue: G FMA/s (W-lane FMAs) of the loop for several
 // tile shapes, in three settings:
 //   real  -- the layer's nonzeros;
 //   twice -- every nonzero run twice in a row (the same lines, twice the FMAs): the second copy
