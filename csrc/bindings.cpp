@@ -288,6 +288,8 @@ NB_MODULE(_core, m) {
           d["chunk_density"] = p.chunk_density;
           d["chunk_vectors"] = p.chunk_vectors;
           d["chunked"] = p.chunked;
+          d["pixel_chunk_density"] = p.pixel_chunk_density;
+          d["pixel_chunked"] = p.pixel_chunked;
           d["lanes_density"] = p.lanes_density;
           d["local_density"] = p.local_density;
           return d;

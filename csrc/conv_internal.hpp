@@ -3,6 +3,7 @@
 // Not part of the core's API.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -45,6 +46,13 @@ inline float* aligned_scratch(std::vector<float>& buf, size_t n) {
 // Private L2 of one core, from the OS (sysconf), 1 MiB when unknown. The tile planners keep
 // the input one tile reads within it: a tile whose input spills to L3 runs at half speed.
 int64_t l2_bytes();
+// L1 data cache of one core (sysconf), 32 KiB when unknown: the input-channel chunks keep a
+// tile's slice of the input within it.
+int64_t l1_bytes();
+
+// Input-channel chunks of chunk_ch channels, nk per group: each output channel's first nonzero
+// of every chunk (columns ascend, channel by channel), cp[m * (nk + 1) + k], cp[.. + nk] = its end.
+std::vector<int32_t> chunk_starts(const Conv2dArgs& a, int64_t chunk_ch, int nk);
 
 // One past the last element of the input view (strides are non-negative): the layouts may read
 // anywhere in [x, view_end) -- e.g. a whole vector around a row's last pixels.
@@ -78,9 +86,6 @@ inline double weight_density(const Conv2dArgs& a) {
          (static_cast<double>(std::max<int64_t>(1, a.out_channels)) * static_cast<double>(a.cin_per_group * a.kh * a.kw));
 }
 
-// Cut points of `parts` ranges of all output channels (across groups), balanced by nonzeros (+
-// the per-row constant of row_bounds): range k is [cuts[k], cuts[k + 1]).
-std::vector<int64_t> channel_cuts(const Conv2dArgs& a, int64_t parts);
 
 // Tasks of (work unit, group, output-channel range): `units` units per group (tiles of
 // positions or images), and each group's output channels split into as many ranges as it
@@ -105,6 +110,25 @@ struct RowSplit {
     *row0 = bounds[*g * (parts + 1) + rp];
     *row1 = bounds[*g * (parts + 1) + rp + 1];
     return task / a.groups;
+  }
+};
+
+// A range of work items [0, n) that threads claim one at a time from either end: one from the
+// first item up, another from the last down, until they meet, so the thread that runs ahead
+// (its vCPU less busy) takes more instead of waiting for the other at the end, while each
+// keeps to its own end (the weights of its rows stay in its cache).
+struct alignas(64) TwoEndedPool {
+  std::atomic<uint64_t> range{0};  // next item from the front (low 32 bits), one past the back (high)
+  void reset(int64_t n) { range.store(static_cast<uint64_t>(n) << 32, std::memory_order_relaxed); }
+  // The next item from the front or the back; -1 when none is left.
+  int64_t claim(bool front) {
+    uint64_t r = range.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = r & 0xffffffffu, hi = r >> 32;
+      if (lo >= hi) return -1;
+      const uint64_t next = front ? ((hi << 32) | (lo + 1)) : (((hi - 1) << 32) | lo);
+      if (range.compare_exchange_weak(r, next, std::memory_order_relaxed)) return static_cast<int64_t>(front ? lo : hi - 1);
+    }
   }
 };
 
@@ -133,6 +157,12 @@ struct PixelsPlan {
   double local_density = 0;            // weight density from which it does (inf: never)
   int64_t buf_images = 0, rep_stride = 0;
   double footprint = 0;                // bytes of input one tile reads
+  // Input-channel chunks (conv_pixels.cpp): channels per chunk of this call, chunks per group
+  // (1: none), partial-sum blocks of output channels, and the density from which they are taken.
+  int64_t cin_chunk = 0;
+  int cin_chunks = 1;
+  int64_t mblock = 1;
+  double chunk_density = 0;
 };
 
 // The per-image kernel's plan (run_pixels runs exactly this; conv2d_plan reports it).

@@ -287,29 +287,11 @@ bool lay_out(const Conv2dArgs& a, const IsaKernels& isa, const LanesPlan& lp, co
 //    the bands' halos would repeat much of the layout.
 bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow, const LanesPlan& lp) {
   const int W = isa.width, threads = std::max(1, a.threads);
-  const int64_t K = a.kh * a.kw;
 
-  // Each output channel's first nonzero of every input-channel chunk (columns ascend, channel
-  // by channel).
+  // Each output channel's first nonzero of every input-channel chunk.
   const int nk = lp.nchunks;
   std::vector<int32_t> chunk_ptr;
-  if (nk > 1) {
-    chunk_ptr.resize(static_cast<size_t>(a.out_channels * (nk + 1)));
-    const bool c16 = a.weight.col16;
-    const auto* col16 = static_cast<const uint16_t*>(a.weight.col);
-    const auto* col32 = static_cast<const int32_t*>(a.weight.col);
-    for (int64_t m = 0; m < a.out_channels; ++m) {
-      int32_t* cp = chunk_ptr.data() + m * (nk + 1);
-      int64_t j = a.weight.row_ptr[m];
-      const int64_t j1 = a.weight.row_ptr[m + 1];
-      for (int k = 0; k < nk; ++k) {
-        const int64_t first = k * lp.chunk_ch * K;
-        while (j < j1 && (c16 ? col16[j] : col32[j]) < first) ++j;
-        cp[k] = static_cast<int32_t>(j);
-      }
-      cp[nk] = static_cast<int32_t>(j1);
-    }
-  }
+  if (nk > 1) chunk_ptr = chunk_starts(a, lp.chunk_ch, nk);
 
   const int64_t R = lp.rows_max, nxc = lp.nxc, units = lp.units;
   const int64_t og = a.out_channels / a.groups;
@@ -384,21 +366,8 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
     std::vector<bool> pooled(static_cast<size_t>(nbands + 1), false);
     for (int64_t b = 1; b < nbands; ++b)
       pooled[b] = cuts.ch[b] > 0 && cuts.unit[b - 1] < cuts.unit[b] && cuts.unit[b] < cuts.unit[b + 1];
-    struct alignas(64) Pool {
-      std::atomic<uint64_t> range{0};  // next item from the front (low 32 bits), one past the back (high)
-    };
-    std::vector<Pool> pool(static_cast<size_t>(nblk * (nbands + 1)));
-    for (Pool& q : pool) q.range.store(static_cast<uint64_t>(items) << 32);
-    // Claims one item of pool q from the front or the back; -1 when it is empty.
-    auto claim = [](Pool& q, bool front) -> int64_t {
-      uint64_t r = q.range.load(std::memory_order_relaxed);
-      for (;;) {
-        const uint64_t lo = r & 0xffffffffu, hi = r >> 32;
-        if (lo >= hi) return -1;
-        const uint64_t next = front ? ((hi << 32) | (lo + 1)) : (((hi - 1) << 32) | lo);
-        if (q.range.compare_exchange_weak(r, next, std::memory_order_relaxed)) return static_cast<int64_t>(front ? lo : hi - 1);
-      }
-    };
+    std::vector<TwoEndedPool> pool(static_cast<size_t>(nblk * (nbands + 1)));
+    for (TwoEndedPool& q : pool) q.reset(items);
     parallel_for(nbands, threads, [&](int64_t b) {
       int64_t first, last;
       if (!band_rows(lp, cuts, b, oh, &first, &last)) return;
@@ -415,8 +384,8 @@ bool run_lanes(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t o
           }
         for (const int64_t edge : {b + 1, b}) {  // the pool after this band, then the one before
           if (!pooled[edge]) continue;
-          Pool& q = pool[blk * (nbands + 1) + edge];
-          for (int64_t i; (i = claim(q, edge == b + 1)) >= 0;) {
+          TwoEndedPool& q = pool[blk * (nbands + 1) + edge];
+          for (int64_t i; (i = q.claim(edge == b + 1)) >= 0;) {
             const int64_t g = i / per_group, m0 = g * og + i % per_group * kPoolBlock;
             run_tile(blk, cuts.unit[edge], g, m0, std::min(m0 + kPoolBlock, (g + 1) * og), lay, geom, offs, first);
           }

@@ -10,6 +10,7 @@
 // an NCHW-contiguous input needs no copy at all.
 #include <algorithm>
 #include <cstring>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -85,6 +86,25 @@ bool copy_channel(const Conv2dArgs& a, const Plan& p, float* dst, int64_t n, int
   }
   return bad != 0;
 }
+
+// Input-channel chunks: SPARSECNN_PIXELS_CHUNK unset or "auto" (the rule in plan_pixels), =n (n
+// channels per chunk), =0 (none). Returns -1 for auto.
+int64_t chunk_setting() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("SPARSECNN_PIXELS_CHUNK");
+    if (!e || !*e || std::string(e) == "auto") return int64_t(-1);
+    return std::max<int64_t>(0, std::atoll(e));
+  }();
+  return v;
+}
+
+// A chunk switch reloads and stores one output channel's nb x nv partial sums and leaves the
+// nonzero loop early; it pays where an output channel has this many nonzeros per chunk.
+constexpr double kChunkNnz = 40.0;
+
+// Row mode with a layout per thread: output channels per claim (about; at least one claim per
+// thread and group).
+constexpr int64_t kClaimChannels = 24;
 
 }  // namespace
 
@@ -193,6 +213,26 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   if (nshift > 1 && checked_mul(nshift, rep_stride, "phased input size") > std::numeric_limits<int32_t>::max())
     nshift = 1;  // offsets of the replicas would overflow: fall back to unaligned loads
   pl.footprint = footprint(nb, chunk_big);
+  // Input-channel chunks. Without them every nonzero's nb x nv vectors come from the L2 (the
+  // tile's input over all channels), which feeds a core about two thirds of the FMA-with-load
+  // rate the L1 does. Chunks of channels whose slice of the tile fits half the L1 are swept one
+  // at a time by a block of output channels (partial sums in a quarter of the L1), from the
+  // density where an output channel has kChunkNnz nonzeros per chunk on average. Not where a
+  // tile covers whole planes (one chunk of positions, e.g. 7x7 maps): its sweep over the
+  // channels is then one contiguous stream that the hardware prefetchers bring into the L1
+  // (ResNet-50 layer4's 3x3 at batch 1, density 0.3: 4-11 % slower chunked).
+  {
+    const int64_t cg = a.cin_per_group, setting = chunk_setting();
+    const double per_channel = pl.footprint / static_cast<double>(cg);
+    const int64_t fits = setting > 0 ? std::min(setting, cg)
+                                     : std::max<int64_t>(1, static_cast<int64_t>(0.5 * l1_bytes() / per_channel));
+    pl.chunk_density = std::numeric_limits<double>::infinity();
+    if (setting > 0 && fits < cg) pl.chunk_density = 0.0;
+    if (setting < 0 && fits < cg && nchunks > 1) pl.chunk_density = kChunkNnz / static_cast<double>(fits * a.kh * a.kw);
+    pl.cin_chunk = weight_density(a) >= pl.chunk_density && a.weight.nnz > 0 ? fits : cg;
+    pl.cin_chunks = static_cast<int>((cg + pl.cin_chunk - 1) / pl.cin_chunk);
+    pl.mblock = std::max<int64_t>(1, static_cast<int64_t>(0.25 * l1_bytes() / (4.0 * nb * chunk_big * W)));
+  }
   // Row mode with a layout: each thread lays the whole input out itself ("local", Schedule in
   // conv_internal.hpp) from the density where those copies cost little against the FMAs: the
   // layout's vectors, once per thread, at most half the vector FMAs. Only with the vectorised
@@ -223,6 +263,7 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
   const bool image_mode = pl.image_mode;
   const int64_t og = a.out_channels / a.groups;
 
+  const int nk = pl.cin_chunks;
   // column -> offset table, built per call (O(C*KH*KW)); the CSR itself stays layout free.
   // The offsets of channel 0's taps, then every channel is that plus c * cstride (no division
   // per column: this runs on every call).
@@ -308,6 +349,17 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     t.bias = a.bias;
     t.residual = a.residual;
     t.relu = a.relu;
+    t.nchunks = nk;
+    if (nk > 1) {
+      t.mblock = pl.mblock;
+      t.chunk_cols = pl.cin_chunk * K;
+      const int64_t ms = std::min(t.mblock, row1 - row0);
+      thread_local std::vector<float> acc;
+      thread_local std::vector<int64_t> cursor;
+      t.acc = aligned_scratch(acc, static_cast<size_t>(ms * t.nb * t.nv * W));
+      if (cursor.size() < static_cast<size_t>(ms)) cursor.resize(static_cast<size_t>(ms));
+      t.cursor = cursor.data();
+    }
     isa.conv_tile(t);
   };
 
@@ -338,16 +390,23 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
     // range of output channels (balanced by nonzeros) on it. At batch 1 this beat the shared
     // layout with its tiles shared dynamically in both placements of the VM's two vCPUs
     // (CaffeNet conv3-5: 111-114 us against 120-122 in one core complex, 198-228 in two).
+    // The output channels are claimed in blocks (balanced by nonzeros) from the two ends of
+    // a pool per tile of positions, even threads from the front, odd ones from the back.
     std::vector<int64_t> bad(static_cast<size_t>(threads * 8), 0);  // one cache line per thread
-    const std::vector<int64_t> cuts = channel_cuts(a, threads);
+    const int64_t parts = std::min<int64_t>(og, std::max<int64_t>(threads, og / kClaimChannels));
+    const std::vector<int64_t> bounds = row_bounds(a, parts);
+    const int64_t units = nblocks * nchunks, items = a.groups * parts;
+    std::vector<TwoEndedPool> pool(static_cast<size_t>(units));
+    for (TwoEndedPool& q : pool) q.reset(items);
     parallel_for(threads, threads, [&](int64_t th) {
       float* dst = buffer();
       bad[th * 8] = layout(dst, 0, a.n, 0, a.c);
-      for (int64_t unit = 0; unit < nblocks * nchunks; ++unit)
-        for (int64_t g = 0; g < a.groups; ++g)
-          if (std::max(cuts[th], g * og) < std::min(cuts[th + 1], (g + 1) * og))
-            run_tile(dst, unit / nchunks * nb, 0, g, unit % nchunks, std::max(cuts[th], g * og),
-                     std::min(cuts[th + 1], (g + 1) * og));
+      for (int64_t unit = 0; unit < units; ++unit)
+        for (int64_t i; (i = pool[unit].claim(th % 2 == 0)) >= 0;) {
+          const int64_t g = i / parts, rp = i % parts;
+          const int64_t r0 = bounds[g * (parts + 1) + rp], r1 = bounds[g * (parts + 1) + rp + 1];
+          if (r0 < r1) run_tile(dst, unit / nchunks * nb, 0, g, unit % nchunks, r0, r1);
+        }
     });
     for (int64_t t = 0; t < threads; ++t) nonfinite |= bad[t * 8] != 0;
   } else {

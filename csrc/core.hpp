@@ -110,6 +110,9 @@ struct ConvPlanInfo {
   double chunk_density = 0;
   int64_t chunk_vectors = 0;
   bool chunked = false;       // at this plan's density
+  // The per-image kernel's input-channel chunks: taken from this density up (inf: never).
+  double pixel_chunk_density = 0;
+  bool pixel_chunked = false;  // at this plan's density
   double lanes_density = 0;   // density from which the batch-lanes kernel takes its images (inf: never)
   double local_density = 0;   // density from which each thread of the per-image row mode lays out the input itself (inf: never)
 };

@@ -397,19 +397,47 @@ def test_batch_lanes_input_channel_chunks_by_default(tmp_path):
         assert_close(y, torch.relu(dense_ref(x, w, b, padding=1, groups=groups) + r.double()))
 
 
-@pytest.mark.parametrize("var, on, off", [
-    ("SPARSECNN_BATCH_LANES", "1", "0"),  # batch-lanes kernel vs per-image kernel only
-    ("SPARSECNN_LANES_CHUNK", "3", "0"),  # input-channel chunks of 3 channels vs none
-    ("SPARSECNN_SCHEDULE", "local", "shared"),  # bands vs one layout shared by the threads
+def test_per_image_input_channel_chunks_by_default(isa):
+    """By default the per-image kernel sweeps rows dense enough over many channels in L1-sized
+    channel chunks where its tiles cover part of each plane (csrc/conv_pixels.cpp): batch 1
+    (row mode) and 3, 1 and 2 threads, residual and ReLU fused, against conv2d in float64."""
+    from sparsecnn.perf import LayerSpec
+
+    gen = torch.Generator().manual_seed(3)
+    for groups in (1, 2):
+        spec = LayerSpec("c", "conv", 64 * groups, 24 * groups, (3, 3), padding=(1, 1), groups=groups,
+                         input_hw=(28, 28))
+        for batch in (1, 3):
+            if "SPARSECNN_PIXELS_CHUNK" not in os.environ:
+                assert spec.kernel_work(batch, 2, 0.9)["pixel_chunked"]
+            w = torch.randn(24 * groups, 64, 3, 3, generator=gen)
+            w = w * (torch.rand(w.shape, generator=gen) < 0.9)
+            x = torch.randn(batch, 64 * groups, 28, 28, generator=gen)
+            b = torch.randn(24 * groups, generator=gen)
+            r = torch.randn(batch, 24 * groups, 28, 28, generator=gen)
+            sw = SparseWeight.from_dense(w, groups=groups)
+            ref = torch.relu(dense_ref(x, w, b, padding=1, groups=groups) + r.double())
+            for threads in (1, 2):
+                with num_threads(threads):
+                    y = sparse_conv2d(x, sw, b, padding=1, groups=groups, relu=True, residual=r)
+                assert_close(y, ref)
+
+
+@pytest.mark.parametrize("var, on, off, batch", [
+    ("SPARSECNN_BATCH_LANES", "1", "0", 16),  # batch-lanes kernel vs per-image kernel only
+    ("SPARSECNN_LANES_CHUNK", "3", "0", 16),  # input-channel chunks of 3 channels vs none
+    ("SPARSECNN_SCHEDULE", "local", "shared", 16),  # bands vs one layout shared by the threads
+    ("SPARSECNN_PIXELS_CHUNK", "3", "0", 1),  # the per-image kernel's chunks of 3 channels vs none
+    ("SPARSECNN_PIXELS_CHUNK", "3", "0", 3),
 ])
-def test_kernel_switch_gives_same_results(tmp_path, var, on, off):
-    """The environment switches of the batch-lanes kernel change the path, not the result."""
+def test_kernel_switch_gives_same_results(tmp_path, var, on, off, batch):
+    """The environment switches of the kernels change the path, not the result."""
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch, sparsecnn\n"
         "g = torch.Generator().manual_seed(0)\n"
         "w = torch.randn(8, 10, 3, 3, generator=g) * (torch.rand(8, 10, 3, 3, generator=g) < 0.3)\n"
-        "x = torch.randn(16, 10, 12, 12, generator=g)\n"
+        f"x = torch.randn({batch}, 10, 12, 12, generator=g)\n"
         "torch.save(sparsecnn.sparse_conv2d(x, sparsecnn.SparseWeight.from_dense(w), padding=1), sys.argv[1])\n"
     )
     outs = []

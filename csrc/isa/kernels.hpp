@@ -30,6 +30,14 @@ struct ConvTile {
   const float* bias;
   const float* residual;  // added before the ReLU, indexed like out; null for none
   bool relu;
+  // Input-channel chunks (nchunks <= 1: none): chunk k holds columns [k, k + 1) x chunk_cols;
+  // acc holds mblock x nb x nv vectors of partial sums (64-byte aligned), cursor mblock
+  // positions in the rows.
+  int nchunks;
+  int64_t chunk_cols;
+  float* acc;
+  int64_t* cursor;
+  int64_t mblock;
 };
 
 // One tile of the batch-lanes convolution (kernels/sparse_conv_batch.hpp): W images starting

@@ -14,12 +14,16 @@
 
 #include "kernels/dispatch.hpp"
 
+// acc += the nonzeros [j, j1) of output channel m over the tile's NB images x NV vectors.
 // TAIL: the last vector is partial and might read past the input (the in-place 1x1 path): it
 // is loaded whole when that stays inside the tensor (nearly always; its extra lanes are
 // discarded by the epilogue), masked only at the tensor's end -- a masked load that spans two
 // cache lines costs ~4x a plain one. Without TAIL the input has slack: always a plain load.
-template <class V, int NB, int NV, class Idx, bool TAIL>
-void conv_rows(const ConvTile& t) {
+// With LIMIT, stops at the first nonzero whose column is >= limit (the end of an input-channel
+// chunk: columns ascend within a row) and returns where it stopped.
+template <class V, int NB, int NV, class Idx, bool TAIL, bool LIMIT = false>
+__attribute__((always_inline)) inline int64_t conv_accumulate(const ConvTile& t, int64_t j, const int64_t j1,
+                                                              typename V::T (&acc)[NB][NV], int64_t limit = 0) {
   using T = typename V::T;
   constexpr int W = V::W;
   const Idx* __restrict col = static_cast<const Idx*>(t.col);
@@ -30,71 +34,139 @@ void conv_rows(const ConvTile& t) {
   const float* const end = t.in_end;
   const int tail = static_cast<int>(t.count - static_cast<int64_t>(NV - 1) * W);  // 1..W
   const auto tmask = V::tail_mask(tail);
+  // Offsets looked up three nonzeros ahead: the column -> table -> address chain then overlaps
+  // earlier FMAs instead of delaying this nonzero's loads (two ahead: CaffeNet conv2-5 at
+  // batch 1 1.5-3 % slower). Per-nonzero offsets made once per call, as the batch-lanes kernel
+  // reads them, cost more than they save at these layer times (docs/kernel.md).
+  int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0,
+          next3 = j + 2 < j1 ? table[col[j + 2]] : 0;
+  for (; j < j1; ++j) {
+    if (LIMIT && col[j] >= limit) break;
+    const T w = V::bcast(vals[j]);
+    const float* p = in + next;
+    next = next2;
+    next2 = next3;
+    if (j + 3 < j1) next3 = table[col[j + 3]];
+#pragma GCC unroll 16
+    for (int b = 0; b < NB; ++b) {
+      const float* pb = p + b * istride;
+#pragma GCC unroll 16
+      for (int v = 0; v < NV - 1; ++v) acc[b][v] = V::fma(w, V::loadu(pb + v * W), acc[b][v]);
+      if (TAIL) {
+        const float* q = pb + (NV - 1) * W;
+        acc[b][NV - 1] = V::fma(w, q + W <= end ? V::loadu(q) : V::load_tail(q, tmask), acc[b][NV - 1]);
+      } else
+        acc[b][NV - 1] = V::fma(w, V::loadu(pb + (NV - 1) * W), acc[b][NV - 1]);
+    }
+  }
+  return j;
+}
+
+// Output channel m's finished vectors to the output: bias and ReLU fused into the store;
+// widened positions (the garbage columns ox >= OW of each row) are dropped here.
+template <class V, int NB, int NV>
+inline void conv_store(const ConvTile& t, int64_t m, typename V::T (&acc)[NB][NV]) {
+  using T = typename V::T;
+  constexpr int W = V::W;
   alignas(64) float buf[NB][NV * W];
   const int64_t plane = t.oh * t.ow;
+  const float bias = t.bias ? t.bias[m] : 0.0f;
+  const T vb = V::bcast(bias);
+#pragma GCC unroll 16
+  for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) V::storeu(&buf[b][v * W], acc[b][v]);
 
-  for (int64_t m = t.row0; m < t.row1; ++m) {
-    T acc[NB][NV];
-#pragma GCC unroll 16
-    for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
-
-    // Offsets looked up three nonzeros ahead: the column -> table -> address chain then overlaps
-    // earlier FMAs instead of delaying this nonzero's loads (two ahead: CaffeNet conv2-5 at
-    // batch 1 1.5-3 % slower). Per-nonzero offsets made once per call, as the batch-lanes kernel
-    // reads them, cost more than they save at these layer times (docs/kernel.md).
-    int64_t j = t.row_ptr[m];
-    const int64_t j1 = t.row_ptr[m + 1];
-    int32_t next = j < j1 ? table[col[j]] : 0, next2 = j + 1 < j1 ? table[col[j + 1]] : 0,
-            next3 = j + 2 < j1 ? table[col[j + 2]] : 0;
-    for (; j < j1; ++j) {
-      const T w = V::bcast(vals[j]);
-      const float* p = in + next;
-      next = next2;
-      next2 = next3;
-      if (j + 3 < j1) next3 = table[col[j + 3]];
-#pragma GCC unroll 16
-      for (int b = 0; b < NB; ++b) {
-        const float* pb = p + b * istride;
-#pragma GCC unroll 16
-        for (int v = 0; v < NV - 1; ++v) acc[b][v] = V::fma(w, V::loadu(pb + v * W), acc[b][v]);
-        if (TAIL) {
-          const float* q = pb + (NV - 1) * W;
-          acc[b][NV - 1] = V::fma(w, q + W <= end ? V::loadu(q) : V::load_tail(q, tmask), acc[b][NV - 1]);
-        } else
-          acc[b][NV - 1] = V::fma(w, V::loadu(pb + (NV - 1) * W), acc[b][NV - 1]);
-      }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t base = ((t.img0 + b) * t.out_channels + m) * plane;
+    float* dst = t.out + base;
+    const float* res = t.residual ? t.residual + base : nullptr;
+    const float* src = buf[b];
+    if (t.wrow == t.ow) {
+      store_segment<V>(dst + t.p0, src, t.count, vb, t.relu, res ? res + t.p0 : nullptr);
+      continue;
     }
+    // Walk the widened rows the tile covers (first and last may be partial): no division
+    // per row, the tile's first row is computed once.
+    const int64_t end = t.p0 + t.count;
+    int64_t oy = t.oy0, rs = oy * t.wrow;
+    for (int64_t q = t.p0; q < end; ++oy, rs += t.wrow, q = rs) {
+      const int64_t ox = q - rs;
+      if (ox >= t.ow) continue;
+      const int64_t seg_end = rs + t.ow < end ? rs + t.ow : end;
+      store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu,
+                       res ? res + oy * t.ow + ox : nullptr);
+    }
+  }
+}
 
-    // Epilogue: bias and ReLU fused into the store; widened positions (the garbage columns
-    // ox >= OW of each row) are dropped here.
-    const float bias = t.bias ? t.bias[m] : 0.0f;
-    const T vb = V::bcast(bias);
-#pragma GCC unroll 16
-    for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) V::storeu(&buf[b][v * W], acc[b][v]);
+// Fetches the values and columns of nonzeros [j, j + 64): with chunks, each output channel's
+// part of a chunk is a short run of the weight a row away from the last one, which the
+// hardware prefetchers do not foresee; fetched while the channel before runs its FMAs, it is
+// in L1 when the loop gets there.
+template <class Idx>
+inline void conv_prefetch_nonzeros(const ConvTile& t, int64_t j) {
+  const char* v = reinterpret_cast<const char*>(t.values + j);
+  const char* c = reinterpret_cast<const char*>(static_cast<const Idx*>(t.col) + j);
+  asm volatile("prefetcht0 %0" : : "m"(*v));
+  asm volatile("prefetcht0 %0" : : "m"(*(v + 64)));
+  asm volatile("prefetcht0 %0" : : "m"(*(v + 128)));
+  asm volatile("prefetcht0 %0" : : "m"(*c));
+  asm volatile("prefetcht0 %0" : : "m"(*(c + 64)));
+}
 
-    for (int b = 0; b < NB; ++b) {
-      const int64_t base = ((t.img0 + b) * t.out_channels + m) * plane;
-      float* dst = t.out + base;
-      const float* res = t.residual ? t.residual + base : nullptr;
-      const float* src = buf[b];
-      if (t.wrow == t.ow) {
-        store_segment<V>(dst + t.p0, src, t.count, vb, t.relu, res ? res + t.p0 : nullptr);
-        continue;
-      }
-      // Walk the widened rows the tile covers (first and last may be partial): no division
-      // per row, the tile's first row is computed once.
-      const int64_t end = t.p0 + t.count;
-      int64_t oy = t.oy0, rs = oy * t.wrow;
-      for (int64_t q = t.p0; q < end; ++oy, rs += t.wrow, q = rs) {
-        const int64_t ox = q - rs;
-        if (ox >= t.ow) continue;
-        const int64_t seg_end = rs + t.ow < end ? rs + t.ow : end;
-        store_segment<V>(dst + oy * t.ow + ox, src + (q - t.p0), seg_end - q, vb, t.relu,
-                         res ? res + oy * t.ow + ox : nullptr);
+// The tile, output channel by output channel. With input-channel chunks (t.nchunks > 1) the
+// input is swept a chunk at a time, as in the batch-lanes kernel: the output channels of a
+// block of t.mblock take their nonzeros of one chunk while that chunk's slice of the layout
+// stays in L1, their partial sums waiting in t.acc between chunks. Without chunks each
+// nonzero's vectors mostly come from the L2 (the tile's input over all channels).
+template <class V, int NB, int NV, class Idx, bool TAIL>
+void conv_rows(const ConvTile& t) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  constexpr int S = NB * NV * W;  // floats of one output channel's partial sums
+  T acc[NB][NV];
+  if (t.nchunks <= 1) {
+    for (int64_t m = t.row0; m < t.row1; ++m) {
+#pragma GCC unroll 16
+      for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) acc[b][v] = V::zero();
+      conv_accumulate<V, NB, NV, Idx, TAIL>(t, t.row_ptr[m], t.row_ptr[m + 1], acc);
+      conv_store<V, NB, NV>(t, m, acc);
+    }
+    return;
+  }
+  // Each output channel's cursor moves through its row one chunk at a time: the loop stops at
+  // the chunk's first column past the end (no per-call table of chunk starts: at batch 1 its
+  // binary searches cost a tenth of ResNet-50 layer4's 3x3 at density 0.3).
+  const int nk = t.nchunks;
+  const int64_t span = t.chunk_cols;
+  int64_t* const cur = t.cursor;
+  for (int64_t mb = t.row0; mb < t.row1; mb += t.mblock) {
+    const int64_t me = mb + t.mblock < t.row1 ? mb + t.mblock : t.row1;
+    for (int64_t m = mb; m < me; ++m) cur[m - mb] = t.row_ptr[m];
+    for (int k = 0; k < nk; ++k) {
+      const int64_t limit = (k + 1) * span;
+      for (int64_t m = mb; m < me; ++m) {
+        float* s = t.acc + (m - mb) * S;
+        const int64_t j = cur[m - mb], j1 = t.row_ptr[m + 1];
+        const bool empty = j >= j1 || static_cast<int64_t>(static_cast<const Idx*>(t.col)[j]) >= limit;
+        if (k > 0 && k < nk - 1 && empty) continue;  // nothing to add to the partial sums
+        if (m + 1 < me) conv_prefetch_nonzeros<Idx>(t, cur[m + 1 - mb]);
+#pragma GCC unroll 16
+        for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[b][v] = k == 0 ? V::zero() : V::load(s + (b * NV + v) * W);
+        if (!empty) cur[m - mb] = conv_accumulate<V, NB, NV, Idx, TAIL, true>(t, j, j1, acc, limit);
+        if (k == nk - 1) {
+          conv_store<V, NB, NV>(t, m, acc);
+        } else {
+#pragma GCC unroll 16
+          for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; ++v) V::store(s + (b * NV + v) * W, acc[b][v]);
+        }
       }
     }
   }

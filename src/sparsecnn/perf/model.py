@@ -311,7 +311,8 @@ class PerfModel:
         strided layer, input-channel chunks, each thread laying the input out itself): the sparse
         time may step there."""
         w = self.work(spec, batch, 1.0)
-        return sorted({x for x in (w["lanes_density"], w["chunk_density"], w["local_density"]) if 0.0 < x <= 1.0})
+        return sorted({x for x in (w["lanes_density"], w["chunk_density"], w["pixel_chunk_density"], w["local_density"])
+                       if 0.0 < x <= 1.0})
 
     def memory_time(self, spec: LayerSpec, batch: int, x: float = 0.0) -> float:
         """Time of the kernel's memory streams: the input read (not for a 1x1 layer read in

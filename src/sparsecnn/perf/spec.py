@@ -188,7 +188,8 @@ class LayerSpec:
         per thread in image mode, else the batch), ``footprint``, ``direct`` (the input is read
         in place, unaligned), which kernel runs how many images, ``chunked`` (the batch-lanes
         kernel sweeps in input-channel chunks; then ``chunk_vectors`` partial-sum loads and
-        stores) and the densities from which chunks (``chunk_density``), the batch-lanes
+        stores; ``pixel_chunked`` the same for the per-image kernel) and the densities from which
+        chunks (``chunk_density``, ``pixel_chunk_density``), the batch-lanes
         kernel (``lanes_density``) and, in the per-image kernel's row mode, a layout per thread
         (``local_density``; ``layout_bytes`` then counts every copy) are taken.
         A linear layer vectorises over the batch (tiles of 4 vectors), transposing the input
@@ -215,7 +216,8 @@ class LayerSpec:
                  "lanes_vec_fmas": 0, "visits": chunks, "epilogues": self.out_channels * chunks,
                  "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(FLOAT_BYTES * batch * self.in_channels),
                  "image_mode": False, "direct": False, "chunked": False, "chunk_vectors": 0,
-                 "chunk_density": math.inf, "lanes_density": math.inf, "local_density": math.inf}
+                 "chunk_density": math.inf, "lanes_density": math.inf, "local_density": math.inf,
+                 "pixel_chunked": False, "pixel_chunk_density": math.inf}
         else:
             cg = self.in_channels // self.groups
             w = dict(_core.conv2d_plan(
