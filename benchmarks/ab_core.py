@@ -6,7 +6,7 @@ the layout lives"); two kernels run back to back in one process see the same sta
 loads two ``_core`` extension files side by side (each under its own module object), checks
 both against ``torch.nn.functional.conv2d``, then times each build in two states, rounds
 alternating which build goes first, on the CaffeNet conv2-5 layers with the real pruned weights
-(``caffenet_l1_acc56.3``):
+(``caffenet_l1_acc56.3``), or with ``--density`` 3x3 shapes with random masks:
 
 * warm: a call, then ``--warm`` calls back to back, timed (as ``sparsecnn bench layers`` times
   a layer: its input, layout and output in cache);
@@ -46,6 +46,24 @@ from sparsecnn.ops.conv import _dl
 
 #: CaffeNet conv2-5: input channels, map size, padding, groups
 LAYERS = {"conv2": (96, 27, 2, 2), "conv3": (256, 13, 1, 1), "conv4": (384, 13, 1, 2), "conv5": (384, 13, 1, 2)}
+#: ``--density``: 3x3 stride-1 shapes (input, output channels, map size) with random masks,
+#: CaffeNet conv3-5's (groups 1) and ResNet-50's as in ``bench layers --set sweep``
+SHAPES = {"c3": (256, 384, 13), "c4": (384, 384, 13), "c5": (384, 256, 13), "r56": (64, 64, 56),
+          "r28": (128, 128, 28), "r14": (256, 256, 14), "r7": (512, 512, 7)}
+
+
+def layer_cases(density: float | None) -> dict[str, tuple[torch.Tensor, int, int, int]]:
+    """Weight, input channels, map size, padding and groups per layer: CaffeNet conv2-5 with the
+    real pruned weights, or (density given) :data:`SHAPES` with random masks at that density."""
+    if density is None:
+        weights = load_pruned_layers("caffenet_l1_acc56.3")
+        return {name: (weights[name], cin, hw, pad, groups) for name, (cin, hw, pad, groups) in LAYERS.items()}
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, (cin, o, hw) in SHAPES.items():
+        w = torch.randn(o, cin, 3, 3, generator=gen)
+        out[name] = (w * (torch.rand(w.shape, generator=gen) < density), cin, hw, 1, 1)
+    return out
 
 
 def load_core(path: str) -> ModuleType:
@@ -59,7 +77,7 @@ def load_core(path: str) -> ModuleType:
 
 
 def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int, warm: int = 5,
-            cold: int = 3) -> dict[str, Any]:
+            cold: int = 3, density: float | None = None) -> dict[str, Any]:
     """Median times (s) per layer: ``{"warm": {build: t}, "after_dense": {build: t}, "dense": t}``."""
     torch.set_num_threads(threads)
     # First, as `sparsecnn bench layers` does: glibc's malloc in the bench's state (dense
@@ -68,9 +86,7 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
     settle_allocator()
     out: dict[str, Any] = {"batch": batch, "threads": threads, "rounds": rounds, "layers": {},
                            "sgemm_gflops": measure_sgemm_gflops()}
-    weights = load_pruned_layers("caffenet_l1_acc56.3")
-    for name, (cin, hw, pad, groups) in LAYERS.items():
-        w = weights[name]
+    for name, (w, cin, hw, pad, groups) in layer_cases(density).items():
         o, cg, kh, kw = w.shape
         x = torch.randn(batch, cin, hw, hw)
         bias = torch.randn(o)
@@ -130,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     p = ab_parser(__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=10, help="rounds per layer (default 10; each times every build "
                    "5 times warm and 3 times after dense)")
+    p.add_argument("--density", type=float, help="random masks at this density on 3x3 shapes (CaffeNet conv3-5, "
+                   "ResNet-50) instead of CaffeNet conv2-5's real weights")
     p.add_argument("--json", metavar="FILE", help="also write the medians as JSON")
     a = p.parse_args(argv)
-    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.rounds)
+    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.rounds, density=a.density)
     print(f"batch {a.batch}, {a.threads} threads, SGEMM {res['sgemm_gflops']:.1f} GFLOP/s, "
           f"medians of {a.rounds} rounds (ms)")
     print(f"{'layer':<8}{'state':<13}{'old':>9}{'new':>9}{'change':>9}{'dense':>9}{'x old':>8}{'x new':>8}")

@@ -223,3 +223,21 @@ def test_ab_core_compares_two_loaded_builds(tmp_path, capsys):
             assert r[state]["old"] > 0 and r[state]["new"] > 0
     assert res["geomean"]["warm"]["old"] > 0 and res["geomean"]["after_dense"]["new"] > 0
     assert "geomean speedup" in capsys.readouterr().out
+
+
+def test_ab_core_random_masks_at_a_density(tmp_path):
+    """``ab_core.py --density`` compares the builds on the 3x3 shapes with random masks (no
+    pruned weights needed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ab_core", Path(__file__).parents[1] / "benchmarks" / "ab_core.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    core = sparsecnn._core.__file__
+    out = tmp_path / "ab.json"
+    assert ab.main([core, core, "--batch", "1", "--threads", "1", "--rounds", "1", "--density", "0.05",
+                    "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["layers"]) == set(ab.SHAPES)
+    for r in res["layers"].values():
+        assert r["warm"]["old"] > 0 and r["warm"]["new"] > 0
