@@ -344,7 +344,7 @@ def test_kernel_fit_recovers_constants():
         assert chunked == 2
     truth = _model(threads=2, B_copy=8e9)
     # the memory rates' priors come from the probes: B_copy and B_llc of _model
-    cal._set_params(truth, [0.35e-9, 0.3e-9, 0.2e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 80e9])
+    cal._set_params(truth, [0.35e-9, 0.3e-9, 0.2e-9, 0.25e-9, 0.45e-9, 2.5e-9, 30e-9, 0.9, 25e-6, 1 / 8e9, 1 / 80e9])
     samples = [{"spec": s.to_dict(), "density": x, "batch": b, "t": truth.predict(s, x, b).t_sparse}
                for s, x, b in specs]
     m = _model(threads=2, B_copy=8e9)
@@ -354,6 +354,12 @@ def test_kernel_fit_recovers_constants():
     assert m.gamma == pytest.approx(0.9, rel=1e-4) and m.tau_direct == pytest.approx(0.45e-9, rel=1e-4)
     assert m.t0 == pytest.approx(25e-6, rel=1e-4) and m.tau_epi == pytest.approx(30e-9, rel=1e-4)
     assert m.tau_chunk == pytest.approx(0.2e-9, rel=1e-4)
+    # the per-image kernel's chunks: priced where a sample takes them (AVX2: CaffeNet conv5 at
+    # 0.3, batch 1; AVX-512's 13x13 tiles cover whole planes, so none there)
+    if any(s.kernel_work(b, 2, x)["pixel_chunked"] for s, x, b in specs):
+        assert m.tau_pchunk == pytest.approx(0.25e-9, rel=1e-4)
+    else:
+        assert m.tau_pchunk is None
 
 
 def test_chunked_sweep_is_priced_from_its_density():
@@ -382,6 +388,33 @@ def test_chunked_sweep_is_priced_from_its_density():
             else:
                 assert m.predict(CONV5, be, 16).speedup == pytest.approx(1.0, rel=1e-6)
             assert all(m.predict(CONV5, x, 16).speedup < 1.0 for x in np.linspace(be * 1.001, 1.0, 50))
+
+
+def test_per_image_chunks_are_priced_from_their_density():
+    """Where the per-image kernel sweeps in input-channel chunks (batch 1, a layer whose tiles
+    cover part of each plane), a fitted tau_pchunk prices its FMAs linearly in x; below the
+    chunk density, and without tau_pchunk, the unchunked x^gamma price holds."""
+    c56 = LayerSpec("c56", "conv", 64, 64, (3, 3), padding=(1, 1), input_hw=(56, 56))
+    m = _model(threads=2, visit_slots=3.0, epi_slots=20.0)
+    m.gamma = 0.9
+    w = c56.kernel_work(1, 2, 0.6)
+    xc = w["pixel_chunk_density"]
+    if not w["pixel_chunked"]:
+        pytest.skip(f"{ops_isa()}: no per-image chunks at this geometry")
+    assert not c56.kernel_work(1, 2, 0.9 * xc)["pixel_chunked"]
+    unpriced = m.predict(c56, 0.6, 1).t_compute
+    assert unpriced == pytest.approx(m.coefficients(c56, 1, 0.6)[2] * 0.1 * (0.6 / 0.1) ** 0.9)
+    m.tau_pchunk = 0.5 * m.tau_fma
+    visits = c56.weight_numel * w["visits"] * m.tau_visit / 2 * 0.1 * (0.6 / 0.1) ** 0.9
+    assert m.predict(c56, 0.6, 1).t_compute == pytest.approx(visits + 0.6 * c56.weight_numel * w["vec_fmas"] * m.tau_pchunk / 2)
+    below = m.predict(c56, 0.9 * xc, 1).t_compute
+    assert below == pytest.approx(m.coefficients(c56, 1, 0.9 * xc)[2] * 0.1 * (0.9 * xc / 0.1) ** 0.9)
+
+
+def ops_isa() -> str:
+    import sparsecnn.ops as ops
+
+    return ops.active_isa()
 
 
 def test_robust_least_squares_ignores_an_outlier():

@@ -6,7 +6,7 @@ Steps (about 25-45 s, ``quick=True`` about 10 s):
    far bigger than L3 / fitting L3, ``B_copy``: STREAM copy (DRAM).
 2. Time ``sparsecnn.sparse_conv2d`` and ``F.conv2d`` interleaved (:func:`time_interleaved`)
    on synthetic layers shaped like the targets, 2 densities, batch 1 to 16 (both kernels),
-   and fit ``tau_fma``, ``tau_lanes``, ``tau_chunk``, ``tau_direct``, ``tau_visit``, ``tau_epi``, ``gamma``,
+   and fit ``tau_fma``, ``tau_lanes``, ``tau_chunk``, ``tau_pchunk``, ``tau_direct``, ``tau_visit``, ``tau_epi``, ``gamma``,
    ``t0``, ``B_copy`` and ``B_copy_llc`` of
    :class:`~sparsecnn.perf.model.PerfModel` (robust loss, Levenberg-Marquardt, no scipy needed);
    ``b`` is fixed at 1.5.
@@ -296,7 +296,7 @@ FIT_STARTS = 4
 
 #: fitted constants: (attribute, initial value); all positive, fitted in log space
 FIT_PARAMS: tuple[tuple[str, float], ...] = (
-    ("tau_fma", 0.4e-9), ("tau_lanes", 0.4e-9), ("tau_chunk", 0.3e-9), ("tau_direct", 0.4e-9), ("tau_visit", 2e-9),
+    ("tau_fma", 0.4e-9), ("tau_lanes", 0.4e-9), ("tau_chunk", 0.3e-9), ("tau_pchunk", 0.3e-9), ("tau_direct", 0.4e-9), ("tau_visit", 2e-9),
     ("tau_epi", 20e-9), ("gamma", 0.9),
     ("t0", 2e-5), ("inv_B_copy", 1 / 20e9), ("inv_B_copy_llc", 1 / 60e9))
 
@@ -319,7 +319,8 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
     (:func:`robust_least_squares`), so that a few samples slowed by other processes do not drag
     the fit. A constant the samples do not exercise (no batch-lanes sample: ``tau_lanes``; no
     1x1 layer read in place: ``tau_direct``) is tied to ``tau_fma``; without a sample the
-    batch-lanes kernel sweeps in input-channel chunks, ``tau_chunk`` is None (chunks unpriced).
+    batch-lanes kernel sweeps in input-channel chunks, ``tau_chunk`` is None (chunks unpriced),
+    and ``tau_pchunk`` likewise for the per-image kernel's chunks.
     """
     specs = [(LayerSpec.from_dict(s["spec"]), s["density"], s["batch"], s["t"]) for s in samples]
     threads = model.machine.threads
@@ -327,6 +328,7 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
     has_lanes = any(w["lanes_images"] > 0 for w in plans)
     has_direct = any(w["direct"] for w in plans)
     has_chunks = any(w["chunked"] for w in plans)
+    has_pchunks = any(w["pixel_chunked"] for w in plans)
 
     def errors(lp: np.ndarray) -> list[float]:
         _set_params(model, np.exp(lp))
@@ -336,6 +338,8 @@ def fit_kernel(model: PerfModel, samples: list[dict[str, Any]]) -> float:
             model.tau_direct = None
         if not has_chunks:
             model.tau_chunk = None
+        if not has_pchunks:
+            model.tau_pchunk = None
         out = []
         for spec, x, bsz, tt in specs:
             tf, tc, tb = model.terms(spec, x, bsz)
@@ -486,12 +490,13 @@ def calibrate(threads: int | None = None, quick: bool = False,
         log.warning("calibration taken under load (rms log error %.2f, %d of %d timing rounds found the CPUs "
                     "busy): the constants are suspect; rerun with --recalibrate on a quiet machine",
                     rms, quiet.busy_rounds, rounds)
-    log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_chunk=%s tau_direct=%.3f ns tau_visit=%.2f ns "
+    log.info("fit: tau_fma=%.3f ns (a=%.2f) tau_lanes=%.3f ns (a=%.2f) tau_chunk=%s tau_pchunk=%s tau_direct=%.3f ns tau_visit=%.2f ns "
              "tau_epi=%.1f ns "
              "gamma=%.3f t0=%.1f us B_copy=%.1f/%.1f GB/s b=%.2f (fixed), rms log err %.3f; "
              "F_conv_max=%.1f GFLOP/s C_half=%.3g; %.1f s",
              model.tau_fma * 1e9, model.a, (model.tau_lanes or model.tau_fma) * 1e9, model.a_lanes,
              "unpriced" if model.tau_chunk is None else f"{model.tau_chunk * 1e9:.3f} ns",
+             "unpriced" if model.tau_pchunk is None else f"{model.tau_pchunk * 1e9:.3f} ns",
              (model.tau_direct or model.tau_fma) * 1e9,
              model.tau_visit * 1e9, model.tau_epi * 1e9, model.gamma, model.t0 * 1e6, machine.B_copy / 1e9,
              machine.B_copy_llc / 1e9, model.b, rms,

@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     out: dict[str, Any] = {"network": args.network, "batch": batch, "model": {
         "a": model.a, "a_lanes": model.a_lanes, "tau_fma": model.tau_fma, "tau_lanes": model.tau_lanes,
-        "tau_chunk": model.tau_chunk, "tau_visit": model.tau_visit, "tau_epi": model.tau_epi, "b": model.b, "t0": model.t0, "F": model.machine.F,
+        "tau_chunk": model.tau_chunk, "tau_pchunk": model.tau_pchunk, "tau_visit": model.tau_visit, "tau_epi": model.tau_epi, "b": model.b, "t0": model.t0, "F": model.machine.F,
         "B_dram": model.machine.B_dram, "B_llc": model.machine.B_llc,
         "uncertainty": model.uncertainty}, "layers": rows}
 

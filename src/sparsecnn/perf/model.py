@@ -26,18 +26,19 @@ visits per nonzero, how many bytes it lays out, how many epilogues), and the mod
                 (tau_direct instead of tau_fma for 1x1 layers read in place; from the
                 density where the batch-lanes kernel sweeps its input in L1-sized chunks of
                 input channels, its part is  (x nnz_dense lanes_fmas + chunk_vectors) tau_chunk
-                / threads  instead: FMAs fed from L1 plus the partial sums' reloads and stores)
+                / threads  instead: FMAs fed from L1 plus the partial sums' reloads and stores;
+                where the per-image kernel does, its part is  x nnz_dense fmas tau_pchunk / threads)
     t_bw      = S_A / B_act + b * x * S_W / B_w     b = 1.5 (4-byte value + 2-byte index)
 
 ``tau_fma`` is the time of one vector FMA (with its load, mostly from L2) on one thread in
 the per-image kernel at density 0.1, ``tau_lanes`` in the batch-lanes kernel, ``tau_chunk`` in
-its chunked sweep (loads from L1), ``tau_direct``
+its chunked sweep (loads from L1), ``tau_pchunk`` in the per-image kernel's, ``tau_direct``
 when the per-image kernel reads a 1x1 layer's input in place (unaligned loads, no layout). The cost of a
 nonzero falls slowly as the density grows (longer rows: more of a tile's input is reused from
 L1 by the next output channels), hence ``x^gamma`` with a fitted ``gamma`` a little below 1
 (the paper's model is linear, ``gamma = 1``). The paper's overhead is
 ``a = tau_fma * F / (2 * W * threads)`` (vector width ``W``): how far below SGEMM each useful
-FLOP runs. The ten constants ``tau_fma, tau_lanes, tau_chunk, tau_direct, tau_visit, tau_epi, gamma,
+FLOP runs. The eleven constants ``tau_fma, tau_lanes, tau_chunk, tau_pchunk, tau_direct, tau_visit, tau_epi, gamma,
 t0, B_copy, B_copy_llc`` are fitted by :mod:`sparsecnn.perf.calibrate`; ``b`` is fixed. Both sparse
 terms increase with ``x`` between the densities where the kernel's plan changes (input-channel
 chunks, a strided layer taking the batch-lanes kernel: :meth:`PerfModel.plan_changes`), so the useful
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 ISA_SIMD: dict[str, tuple[int, int]] = {"avx512": (16, 28), "avx2": (8, 14), "portable": (8, 8)}
 
 #: bump when the JSON layout or the meaning of a fitted constant changes
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: storage overhead of the sparse weights: 4-byte value + 2-byte column index per nonzero
 B_STORAGE = 1.5
@@ -153,6 +154,9 @@ class PerfModel:
     #: the same for the batch-lanes kernel's sweep in input-channel chunks, also per partial-sum
     #: vector reloaded or stored at a chunk switch (None: chunks not priced, ``tau_lanes``)
     tau_chunk: float | None = None
+    #: the same for the per-image kernel's sweep in input-channel chunks (None: not priced,
+    #: ``tau_fma``)
+    tau_pchunk: float | None = None
     #: the same for 1x1 layers read in place by the per-image kernel (None: ``tau_fma``)
     tau_direct: float | None = None
     #: seconds per (nonzero, tile) visit on one thread: column, table, broadcast, address
@@ -239,7 +243,7 @@ class PerfModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
         return {"schema": self.schema, "machine": asdict(self.machine), "tau_fma": self.tau_fma,
-                "tau_lanes": self.tau_lanes, "tau_chunk": self.tau_chunk, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
+                "tau_lanes": self.tau_lanes, "tau_chunk": self.tau_chunk, "tau_pchunk": self.tau_pchunk, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
                 "tau_epi": self.tau_epi,
                 "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense), "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
@@ -252,12 +256,13 @@ class PerfModel:
         m = cls(machine=Machine(**d["machine"]), tau_fma=float(d["tau_fma"]),
                 tau_lanes=None if d.get("tau_lanes") is None else float(d["tau_lanes"]),
                 tau_chunk=None if d.get("tau_chunk") is None else float(d["tau_chunk"]),
+                tau_pchunk=None if d.get("tau_pchunk") is None else float(d["tau_pchunk"]),
                 tau_direct=None if d.get("tau_direct") is None else float(d["tau_direct"]),
                 tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
                 gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
-        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_chunk or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
+        for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_chunk or 0.0, m.tau_pchunk or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
                   m.machine.B_copy, m.machine.B_copy_llc):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
@@ -363,16 +368,23 @@ class PerfModel:
         """``t_compute`` at density ``x``: ``c0 + kc 0.1 (x / 0.1)^gamma`` (:meth:`coefficients`);
         where the plan sweeps in input-channel chunks (a fitted ``tau_chunk`` given) the
         batch-lanes part is priced as ``(x nnz_dense lanes_fmas + chunk_vectors) tau_chunk /
-        threads``, linear in ``x`` (FMAs fed from L1 do not get cheaper with longer rows)."""
+        threads``, linear in ``x`` (FMAs fed from L1 do not get cheaper with longer rows), and
+        where the per-image kernel does (a fitted ``tau_pchunk``) its part as ``x nnz_dense fmas
+        tau_pchunk / threads``."""
         _, c0, kc, _, _ = self.coefficients(spec, batch, x)
         w = self.work(spec, batch, x)
-        if self.tau_chunk is None or not w["chunked"] or not w["lanes_vec_fmas"]:
-            return c0 + kc * self._density_scale(x)
         th = max(1, self.machine.threads)
-        tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
-        k_lanes = spec.weight_numel * w["lanes_vec_fmas"] * tau_l / th
-        chunked = (x * spec.weight_numel * w["lanes_vec_fmas"] + w["chunk_vectors"]) * self.tau_chunk / th
-        return c0 + (kc - k_lanes) * self._density_scale(x) + chunked
+        nnz = spec.weight_numel
+        scaled, linear = kc, 0.0  # parts priced x^gamma and linear in x
+        if self.tau_chunk is not None and w["chunked"] and w["lanes_vec_fmas"]:
+            tau_l = self.tau_lanes if self.tau_lanes is not None else self.tau_fma
+            scaled -= nnz * w["lanes_vec_fmas"] * tau_l / th
+            linear += (x * nnz * w["lanes_vec_fmas"] + w["chunk_vectors"]) * self.tau_chunk / th
+        if self.tau_pchunk is not None and w["pixel_chunked"] and w["vec_fmas"]:
+            tau_p = self.tau_direct if (w["direct"] and self.tau_direct is not None) else self.tau_fma
+            scaled -= nnz * w["vec_fmas"] * tau_p / th
+            linear += x * nnz * w["vec_fmas"] * self.tau_pchunk / th
+        return c0 + scaled * self._density_scale(x) + linear
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
