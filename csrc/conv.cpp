@@ -85,26 +85,33 @@ void validate_csr(const Csr& m, int64_t cols, const char* what) {
 
 namespace conv {
 
+namespace {
+// sysconf's size of a cache (name), or `fallback` when it reports less than `least`.
+[[maybe_unused]] int64_t cache_bytes(int name, int64_t least, int64_t fallback) {
+  const long s = sysconf(name);
+  return s >= least ? static_cast<int64_t>(s) : fallback;
+}
+}  // namespace
+
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
 int64_t l2_bytes() {
-  static const int64_t v = [] {
-    long s = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    s = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return s > 64 * 1024 ? static_cast<int64_t>(s) : int64_t(1) << 20;
-  }();
+  static const int64_t v = cache_bytes(_SC_LEVEL2_CACHE_SIZE, 64 * 1024 + 1, int64_t(1) << 20);
   return v;
 }
 
 int64_t l1_bytes() {
-  static const int64_t v = [] {
-    long s = -1;
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-    s = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-#endif
-    return s >= 16 * 1024 ? static_cast<int64_t>(s) : int64_t(32) << 10;
-  }();
+  static const int64_t v = cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 * 1024, int64_t(32) << 10);
   return v;
+}
+#else  // no cache sizes from sysconf (not glibc): the defaults
+int64_t l2_bytes() { return int64_t(1) << 20; }
+int64_t l1_bytes() { return int64_t(32) << 10; }
+#endif
+
+int64_t chunk_setting(const char* var) {
+  const char* e = std::getenv(var);
+  if (!e || !*e || std::string(e) == "auto") return -1;
+  return std::max<int64_t>(0, std::atoll(e));
 }
 
 std::vector<int32_t> chunk_starts(const Conv2dArgs& a, int64_t chunk_ch, int nk) {

@@ -50,6 +50,10 @@ int64_t l2_bytes();
 // tile's slice of the input within it.
 int64_t l1_bytes();
 
+// An input-channel chunk switch (SPARSECNN_LANES_CHUNK, SPARSECNN_PIXELS_CHUNK): unset or "auto"
+// -1 (the planner's rule), =n n channels per chunk, =0 none.
+int64_t chunk_setting(const char* var);
+
 // Input-channel chunks of chunk_ch channels, nk per group: each output channel's first nonzero
 // of every chunk (columns ascend, channel by channel), cp[m * (nk + 1) + k], cp[.. + nk] = its end.
 std::vector<int32_t> chunk_starts(const Conv2dArgs& a, int64_t chunk_ch, int nk);

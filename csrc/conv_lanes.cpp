@@ -26,13 +26,8 @@ bool lanes_enabled() {
 // Input-channel chunks: SPARSECNN_LANES_CHUNK unset or "auto" (the rule in lanes_images), =n (n
 // channels per chunk), =0 (none). The performance model prices the plan either way
 // (conv2d_plan reports the density where auto starts chunking and the partial-sum traffic).
-// Returns -1 for auto.
-int64_t chunk_setting() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("SPARSECNN_LANES_CHUNK");
-    if (!e || !*e || std::string(e) == "auto") return int64_t(-1);
-    return std::max<int64_t>(0, std::atoll(e));
-  }();
+int64_t lanes_chunk_setting() {
+  static const int64_t v = chunk_setting("SPARSECNN_LANES_CHUNK");
   return v;
 }
 
@@ -184,7 +179,7 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   // an output channel has at least kChunkNnz nonzeros per chunk on average, i.e. from the
   // density kChunkNnz / (channels per chunk * KH * KW) up: below it the reload and store of
   // the partial sums at every chunk switch cost more than the L1 hits save.
-  const int64_t cg = a.cin_per_group, setting = chunk_setting();
+  const int64_t cg = a.cin_per_group, setting = lanes_chunk_setting();
   const int64_t fits = setting > 0 ? std::min(setting, cg)
                                    : std::max<int64_t>(1, static_cast<int64_t>(kChunkL1 / per_channel(lp->rows_max)));
   lp->chunk_fit = fits;

@@ -88,13 +88,9 @@ bool copy_channel(const Conv2dArgs& a, const Plan& p, float* dst, int64_t n, int
 }
 
 // Input-channel chunks: SPARSECNN_PIXELS_CHUNK unset or "auto" (the rule in plan_pixels), =n (n
-// channels per chunk), =0 (none). Returns -1 for auto.
-int64_t chunk_setting() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("SPARSECNN_PIXELS_CHUNK");
-    if (!e || !*e || std::string(e) == "auto") return int64_t(-1);
-    return std::max<int64_t>(0, std::atoll(e));
-  }();
+// channels per chunk), =0 (none).
+int64_t pixels_chunk_setting() {
+  static const int64_t v = chunk_setting("SPARSECNN_PIXELS_CHUNK");
   return v;
 }
 
@@ -222,7 +218,7 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   // channels is then one contiguous stream that the hardware prefetchers bring into the L1
   // (ResNet-50 layer4's 3x3 at batch 1, density 0.3: 4-11 % slower chunked).
   {
-    const int64_t cg = a.cin_per_group, setting = chunk_setting();
+    const int64_t cg = a.cin_per_group, setting = pixels_chunk_setting();
     const double per_channel = pl.footprint / static_cast<double>(cg);
     const int64_t fits = setting > 0 ? std::min(setting, cg)
                                      : std::max<int64_t>(1, static_cast<int64_t>(0.5 * l1_bytes() / per_channel));
