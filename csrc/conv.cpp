@@ -117,8 +117,9 @@ int64_t chunk_setting(const char* var) {
 std::vector<int32_t> chunk_starts(const Conv2dArgs& a, int64_t chunk_ch, int nk) {
   const int64_t K = a.kh * a.kw;
   std::vector<int32_t> cp(static_cast<size_t>(a.out_channels * (nk + 1)));
-  // A binary search per chunk boundary, not a pass over the nonzeros: at batch 1 that pass
-  // (ResNet-50 layer4's 3x3 at density 0.3: 0.7M nonzeros) took longer than the chunks saved.
+  // A binary search per chunk boundary in each row's ascending columns (rows x chunks x log),
+  // not a pass over every nonzero. (The per-image kernel needs no table: its cursors stop at
+  // each chunk's end, kernels/sparse_conv.hpp.)
   auto starts = [&](const auto* col) {
     for (int64_t m = 0; m < a.out_channels; ++m) {
       int32_t* row = cp.data() + m * (nk + 1);
