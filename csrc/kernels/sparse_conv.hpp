@@ -104,15 +104,15 @@ inline void conv_store(const ConvTile& t, int64_t m, typename V::T (&acc)[NB][NV
 // part of a chunk is a short run of the weight a row away from the last one, which the
 // hardware prefetchers do not foresee; fetched while the channel before runs its FMAs, it is
 // in L1 when the loop gets there.
-template <class Idx>
+template <class V, class Idx>
 inline void conv_prefetch_nonzeros(const ConvTile& t, int64_t j) {
-  const char* v = reinterpret_cast<const char*>(t.values + j);
-  const char* c = reinterpret_cast<const char*>(static_cast<const Idx*>(t.col) + j);
-  asm volatile("prefetcht0 %0" : : "m"(*v));
-  asm volatile("prefetcht0 %0" : : "m"(*(v + 64)));
-  asm volatile("prefetcht0 %0" : : "m"(*(v + 128)));
-  asm volatile("prefetcht0 %0" : : "m"(*c));
-  asm volatile("prefetcht0 %0" : : "m"(*(c + 64)));
+  const float* v = t.values + j;
+  const float* c = reinterpret_cast<const float*>(static_cast<const Idx*>(t.col) + j);
+  V::prefetch_read(v);
+  V::prefetch_read(v + 16);
+  V::prefetch_read(v + 32);
+  V::prefetch_read(c);
+  V::prefetch_read(c + 16);
 }
 
 // The tile, output channel by output channel. With input-channel chunks (t.nchunks > 1) the
@@ -153,7 +153,7 @@ void conv_rows(const ConvTile& t) {
         const int64_t j = cur[m - mb], j1 = t.row_ptr[m + 1];
         const bool empty = j >= j1 || static_cast<int64_t>(static_cast<const Idx*>(t.col)[j]) >= limit;
         if (k > 0 && k < nk - 1 && empty) continue;  // nothing to add to the partial sums
-        if (m + 1 < me) conv_prefetch_nonzeros<Idx>(t, cur[m + 1 - mb]);
+        if (m + 1 < me) conv_prefetch_nonzeros<V, Idx>(t, cur[m + 1 - mb]);
 #pragma GCC unroll 16
         for (int b = 0; b < NB; ++b)
 #pragma GCC unroll 16
