@@ -46,23 +46,29 @@ from sparsecnn.ops.conv import _dl
 
 #: CaffeNet conv2-5: input channels, map size, padding, groups
 LAYERS = {"conv2": (96, 27, 2, 2), "conv3": (256, 13, 1, 1), "conv4": (384, 13, 1, 2), "conv5": (384, 13, 1, 2)}
-#: ``--density``: 3x3 stride-1 shapes (input, output channels, map size) with random masks,
-#: CaffeNet conv3-5's (groups 1) and ResNet-50's as in ``bench layers --set sweep``
-SHAPES = {"c3": (256, 384, 13), "c4": (384, 384, 13), "c5": (384, 256, 13), "r56": (64, 64, 56),
-          "r28": (128, 128, 28), "r14": (256, 256, 14), "r7": (512, 512, 7)}
+#: ``--density``: 3x3 shapes (input, output channels, input map size, stride) with random masks,
+#: CaffeNet conv3-5's (groups 1) and ResNet-50's as in ``bench layers --set sweep``, and (not
+#: run unless ``--shapes`` names them) ResNet-50's three stride-2 3x3 layers
+SHAPES = {"c3": (256, 384, 13, 1), "c4": (384, 384, 13, 1), "c5": (384, 256, 13, 1), "r56": (64, 64, 56, 1),
+          "r28": (128, 128, 28, 1), "r14": (256, 256, 14, 1), "r7": (512, 512, 7, 1),
+          "r56s2": (128, 128, 56, 2), "r28s2": (256, 256, 28, 2), "r14s2": (512, 512, 14, 2)}
+DEFAULT_SHAPES = ("c3", "c4", "c5", "r56", "r28", "r14", "r7")
 
 
-def layer_cases(density: float | None) -> dict[str, tuple[torch.Tensor, int, int, int]]:
-    """Weight, input channels, map size, padding and groups per layer: CaffeNet conv2-5 with the
-    real pruned weights, or (density given) :data:`SHAPES` with random masks at that density."""
+def layer_cases(density: float | None,
+                shapes: tuple[str, ...] = DEFAULT_SHAPES) -> dict[str, tuple[torch.Tensor, int, int, int, int, int]]:
+    """Weight, input channels, map size, padding, groups and stride per layer: CaffeNet conv2-5
+    with the real pruned weights, or (density given) ``shapes`` of :data:`SHAPES` with random
+    masks at that density."""
     if density is None:
         weights = load_pruned_layers("caffenet_l1_acc56.3")
-        return {name: (weights[name], cin, hw, pad, groups) for name, (cin, hw, pad, groups) in LAYERS.items()}
+        return {name: (weights[name], cin, hw, pad, groups, 1) for name, (cin, hw, pad, groups) in LAYERS.items()}
     gen = torch.Generator().manual_seed(0)
     out = {}
-    for name, (cin, o, hw) in SHAPES.items():
+    for name in shapes:
+        cin, o, hw, stride = SHAPES[name]
         w = torch.randn(o, cin, 3, 3, generator=gen)
-        out[name] = (w * (torch.rand(w.shape, generator=gen) < density), cin, hw, 1, 1)
+        out[name] = (w * (torch.rand(w.shape, generator=gen) < density), cin, hw, 1, 1, stride)
     return out
 
 
@@ -77,7 +83,7 @@ def load_core(path: str) -> ModuleType:
 
 
 def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int, warm: int = 5,
-            cold: int = 3, density: float | None = None) -> dict[str, Any]:
+            cold: int = 3, density: float | None = None, shapes: tuple[str, ...] = DEFAULT_SHAPES) -> dict[str, Any]:
     """Median times (s) per layer: ``{"warm": {build: t}, "after_dense": {build: t}, "dense": t}``."""
     torch.set_num_threads(threads)
     # First, as `sparsecnn bench layers` does: glibc's malloc in the bench's state (dense
@@ -86,17 +92,17 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
     settle_allocator()
     out: dict[str, Any] = {"batch": batch, "threads": threads, "rounds": rounds, "layers": {},
                            "sgemm_gflops": measure_sgemm_gflops()}
-    for name, (w, cin, hw, pad, groups) in layer_cases(density).items():
+    for name, (w, cin, hw, pad, groups, stride) in layer_cases(density, shapes).items():
         o, cg, kh, kw = w.shape
         x = torch.randn(batch, cin, hw, hw)
         bias = torch.randn(o)
         sw = sparsecnn.SparseWeight.from_dense(w, groups=groups)
-        y = torch.empty(batch, o, hw, hw)
-        ref = torch.nn.functional.conv2d(x, w, bias, padding=pad, groups=groups).relu_()
+        ref = torch.nn.functional.conv2d(x, w, bias, stride=stride, padding=pad, groups=groups).relu_()
+        y = torch.empty_like(ref)
 
         def sparse(core: ModuleType) -> Callable[[], None]:
             return lambda: core.conv2d(_dl(x), _dl(sw.values), _dl(sw.col_idx), _dl(sw.row_ptr), _dl(bias), _dl(y),
-                                       o, cg, kh, kw, groups, [1, 1], [pad] * 4, [1, 1], True, threads, None)
+                                       o, cg, kh, kw, groups, [stride] * 2, [pad] * 4, [1, 1], True, threads, None)
 
         runs = {k: sparse(c) for k, c in cores.items()}
         for k, f in runs.items():
@@ -104,7 +110,7 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
             check_output(y, ref, f"{k} on {name}")
 
         def dense() -> None:
-            torch.nn.functional.conv2d(x, w, bias, padding=pad, groups=groups)
+            torch.nn.functional.conv2d(x, w, bias, stride=stride, padding=pad, groups=groups)
 
         def timed(fn: Callable[[], None]) -> float:
             t = time.perf_counter()
@@ -148,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                    "5 times warm and 3 times after dense)")
     p.add_argument("--density", type=float, help="random masks at this density on 3x3 shapes (CaffeNet conv3-5, "
                    "ResNet-50) instead of CaffeNet conv2-5's real weights")
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(DEFAULT_SHAPES),
+                   help="with --density: which shapes (default the stride-1 ones; r56s2 r28s2 r14s2 are "
+                   "ResNet-50's stride-2 3x3 layers)")
     p.add_argument("--json", metavar="FILE", help="also write the medians as JSON")
     a = p.parse_args(argv)
-    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.rounds, density=a.density)
+    res = compare({"old": load_core(a.old), "new": load_core(a.new)}, a.batch, a.threads, a.rounds, density=a.density,
+                  shapes=tuple(a.shapes))
     print(f"batch {a.batch}, {a.threads} threads, SGEMM {res['sgemm_gflops']:.1f} GFLOP/s, "
           f"medians of {a.rounds} rounds (ms)")
     print(f"{'layer':<8}{'state':<13}{'old':>9}{'new':>9}{'change':>9}{'dense':>9}{'x old':>8}{'x new':>8}")

@@ -227,7 +227,7 @@ def test_ab_core_compares_two_loaded_builds(tmp_path, capsys):
 
 def test_ab_core_random_masks_at_a_density(tmp_path):
     """``ab_core.py --density`` compares the builds on the 3x3 shapes with random masks (no
-    pruned weights needed)."""
+    pruned weights needed), the stride-1 ones unless ``--shapes`` names others."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ab_core", Path(__file__).parents[1] / "benchmarks" / "ab_core.py")
@@ -238,6 +238,10 @@ def test_ab_core_random_masks_at_a_density(tmp_path):
     assert ab.main([core, core, "--batch", "1", "--threads", "1", "--rounds", "1", "--density", "0.05",
                     "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["layers"]) == set(ab.SHAPES)
+    assert set(res["layers"]) == set(ab.DEFAULT_SHAPES)
     for r in res["layers"].values():
         assert r["warm"]["old"] > 0 and r["warm"]["new"] > 0
+    # a stride-2 shape, named: its output is checked against conv2d's too
+    assert ab.main([core, core, "--batch", "1", "--threads", "1", "--rounds", "1", "--density", "0.05",
+                    "--shapes", "r14s2", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["layers"]) == {"r14s2"}

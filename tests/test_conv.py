@@ -423,6 +423,32 @@ def test_per_image_input_channel_chunks_by_default(isa):
                 assert_close(y, ref)
 
 
+def test_per_image_chunks_on_strided_layers(isa):
+    """A stride-2 3x3 layer's tiles read four phase planes, so the per-image kernel chunks its
+    channels from a lower density than at stride 1 (csrc/conv_pixels.cpp): by default at
+    density 0.3 here, batch 1 (row mode) and 3, 1 and 2 threads, against conv2d in float64."""
+    from sparsecnn.perf import LayerSpec
+
+    gen = torch.Generator().manual_seed(5)
+    spec = LayerSpec("s2", "conv", 96, 40, (3, 3), stride=(2, 2), padding=(1, 1), input_hw=(40, 40))
+    flat = LayerSpec("s1", "conv", 96, 40, (3, 3), padding=(1, 1), input_hw=(20, 20))
+    for batch in (1, 3):
+        if "SPARSECNN_PIXELS_CHUNK" not in os.environ:
+            w = spec.kernel_work(batch, 2, 0.3)
+            assert w["pixel_chunked"]
+            assert w["pixel_chunk_density"] < flat.kernel_work(batch, 2, 0.3)["pixel_chunk_density"]
+        w = torch.randn(40, 96, 3, 3, generator=gen)
+        w = w * (torch.rand(w.shape, generator=gen) < 0.3)
+        x = torch.randn(batch, 96, 40, 40, generator=gen)
+        b = torch.randn(40, generator=gen)
+        sw = SparseWeight.from_dense(w)
+        ref = torch.relu(dense_ref(x, w, b, stride=2, padding=1))
+        for threads in (1, 2):
+            with num_threads(threads):
+                y = sparse_conv2d(x, sw, b, stride=2, padding=1, relu=True)
+            assert_close(y, ref)
+
+
 @pytest.mark.parametrize("var, on, off, batch", [
     ("SPARSECNN_BATCH_LANES", "1", "0", 16),  # batch-lanes kernel vs per-image kernel only
     ("SPARSECNN_LANES_CHUNK", "3", "0", 16),  # input-channel chunks of 3 channels vs none
