@@ -449,6 +449,37 @@ def test_per_image_chunks_on_strided_layers(isa):
             assert_close(y, ref)
 
 
+def test_batch_lanes_tile_beyond_the_l2(isa):
+    """Where no batch-lanes tile's input fits the L2 (many channels, stride 2: ResNet-50
+    layer4.0.conv2), the smallest tile runs anyway (csrc/conv_lanes.cpp) rather than the
+    per-image kernel: batch 16, 1 and 2 threads, against conv2d in float64."""
+    from sparsecnn.perf import LayerSpec
+    from sparsecnn.perf.probe import cache_sizes
+
+    def spec(cin):
+        return LayerSpec("s", "conv", cin, 16, (3, 3), stride=(2, 2), padding=(1, 1), input_hw=(14, 14))
+
+    l2 = cache_sizes()["l2"]
+    cin = 64
+    while spec(cin).kernel_work(16, 2, 0.3)["footprint"] <= l2 and cin < 8192:
+        cin *= 2
+    plan = spec(cin).kernel_work(16, 2, 0.3)
+    assert plan["footprint"] > l2
+    if "SPARSECNN_BATCH_LANES" not in os.environ:
+        assert plan["lanes_images"] == 16 // plan["vector_width"] * plan["vector_width"]
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(16, cin, 3, 3, generator=gen)
+    w = w * (torch.rand(w.shape, generator=gen) < 0.3)
+    x = torch.randn(16, cin, 14, 14, generator=gen)
+    b = torch.randn(16, generator=gen)
+    sw = SparseWeight.from_dense(w)
+    ref = torch.relu(dense_ref(x, w, b, stride=2, padding=1))
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(x, sw, b, stride=2, padding=1, relu=True)
+        assert_close(y, ref)
+
+
 @pytest.mark.parametrize("var, on, off, batch", [
     ("SPARSECNN_BATCH_LANES", "1", "0", 16),  # batch-lanes kernel vs per-image kernel only
     ("SPARSECNN_LANES_CHUNK", "3", "0", 16),  # input-channel chunks of 3 channels vs none
