@@ -707,6 +707,29 @@ def test_nonfinite_direct_path_1x1(isa, layout):
     assert torch.isnan(y[:, :, 3, 3]).all() and torch.isnan(ref[:, :, 3, 3]).all()
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "sliced_w", "transposed"])
+def test_rows_not_contiguous_at_a_lanes_batch(isa, layout):
+    """An input whose rows are not contiguous (channels-last, strided columns, H and W swapped)
+    at a batch the batch-lanes kernel takes is copied to NCHW first (csrc/conv.cpp,
+    rows_contiguous), then runs as a contiguous one: the same result as conv2d in float64,
+    a NaN and an Inf propagating, 1 and 2 threads; a batch of 17 leaves one image to the
+    per-image kernel."""
+    gen = torch.Generator().manual_seed(14)
+    wd = random_weight((24, 20, 3, 3), 0.3, gen)
+    b = torch.randn(24, generator=gen)
+    for n in (16, 17):
+        x = make_layout((n, 20, 11, 13), layout, gen)
+        x[3, 5, 4, 6] = float("nan")
+        x[9, 0, 10, 12] = float("inf")
+        ref = dense_ref(x, wd, b, padding=1)
+        for threads in (1, 2):
+            with num_threads(threads):
+                y = sparse_conv2d(x, SparseWeight.from_dense(wd), b, padding=1)
+            assert torch.equal(torch.isnan(y), torch.isnan(ref))
+            fin = torch.isfinite(ref)
+            assert_close(y[fin], ref[fin])
+
+
 def test_relu_of_nan_is_nan(isa):
     wd = torch.zeros(2, 1, 1, 1)
     wd[0] = 1.0
