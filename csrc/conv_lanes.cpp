@@ -37,7 +37,8 @@ constexpr double kAccL1 = 16.0 * 1024;
 // at batch 16: its 7-pixel tiles pay a chunk switch with 7 FMAs per nonzero, not 26.
 constexpr double kChunkNnz = 16.0;
 constexpr int64_t kMinLanePixels = 7;
-// 100 took ResNet-50 layer2.0.conv2 with its real 90 % mask (~115 a row) 4-5 % slower at batch 16.
+// Strided layers, AVX-512 only (see lanes_images): 100 took ResNet-50 layer2.0.conv2 with its
+// real 90 % mask (~115 a row) 4-5 % slower at batch 16 on a Zen 5.
 constexpr double kStridedNnz = 128.0;
 
 // A band's layout: the planes of every channel over the padded input rows [first_in, first_in +
@@ -113,15 +114,21 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
   const bool unpadded = a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 && a.pad_right == 0;
   const bool strided = a.stride_h > 1 || a.stride_w > 1;
   if (a.kh == 1 && a.kw == 1 && (strided || unpadded)) return 0;
-  // Strided layers: only with at least kStridedNnz nonzeros per output channel. Their tiles are
-  // smaller (a strided tile reads ~2x the columns) and their layout splits the input into
-  // phases, so sparse rows do not cover the transposing epilogue: at batch 16, CaffeNet conv1
-  // (11x11 stride 4) took 0.70x the per-image kernel's time at density 0.4 and 1.06x at 0.1,
-  // ResNet-50's 7x7 stride-2 conv1 1.3-1.45x at 0.1-0.3 (15-44 nonzeros a row), its
-  // layer2.0.conv2 1.03-1.13x at 0.05-0.1 (58-115 a row) and 0.78-0.96x at 0.3-0.7.
+  // Strided layers on AVX-512: only with at least kStridedNnz nonzeros per output channel. Their
+  // tiles are smaller (a strided tile reads ~2x the columns) and their layout splits the input
+  // into phases, so sparse rows do not cover the transposing epilogue: at batch 16 on a Zen 5,
+  // CaffeNet conv1 (11x11 stride 4) took 0.70x the per-image kernel's time at density 0.4 and
+  // 1.06x at 0.1, ResNet-50's 7x7 stride-2 conv1 1.3-1.45x at 0.1-0.3 (15-44 nonzeros a row),
+  // its layer2.0.conv2 1.03-1.13x at 0.05-0.1 (58-115 a row) and 0.78-0.96x at 0.3-0.7. On AVX2
+  // (Zen 3, thirteenth session) the batch-lanes kernel won at every density tried: batch 16,
+  // ResNet-50 conv1 0.97x / 0.76x at 0.1 / 0.3 (1.02x at 0.03), CaffeNet conv1 0.77x / 0.56x,
+  // layer2.0.conv2's shape 0.72-0.92x at 0.01-0.1, a 64-channel 3x3 stride-2 layer 0.65x at
+  // 0.05-0.1; batch 8 likewise (0.57-0.86x). The per-image kernel's 12-vector tiles and
+  // misaligned loads there cost more than the strided tiles' transposes.
   const double row_cols = static_cast<double>(a.cin_per_group * a.kh * a.kw);
   const double nnz_per_row = static_cast<double>(a.weight.nnz) / static_cast<double>(std::max<int64_t>(1, a.out_channels));
-  const double from = strided ? kStridedNnz / row_cols : 0.0;
+  const double strided_nnz = strided && W >= 16 ? kStridedNnz : 0.0;  // 16-float vectors: AVX-512
+  const double from = strided_nnz / row_cols;
   const int64_t drmax = (a.kh - 1) * a.dil_h, dqmax = (a.kw - 1) * a.dil_w;
   lp->sh = static_cast<int>(a.stride_h);
   lp->sw = static_cast<int>(a.stride_w);
@@ -180,7 +187,7 @@ int64_t lanes_images(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int
     lp->rows_max = 1;
   }
   lp->lanes_density = from;
-  if (strided && nnz_per_row < kStridedNnz) return 0;
+  if (nnz_per_row < strided_nnz) return 0;
   lp->footprint = per_channel(lp->rows_max) * a.cin_per_group;
   // Chunks of input channels whose slice of the tile fits kChunkL1 of the L1, taken (auto) when
   // an output channel has at least kChunkNnz nonzeros per chunk on average, i.e. from the

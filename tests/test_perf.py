@@ -124,9 +124,13 @@ def test_kernel_work_is_the_cores_plan():
             assert dense["chunked"] and not w["chunked"] and w["chunk_vectors"] == 0
             assert dense["chunk_vectors"] == 256 * 13 * 13 * 2 * 31
         assert w["chunk_density"] > 0 and CONV5.kernel_work(1, threads=2)["chunk_density"] == math.inf
-        # strided layers take the batch-lanes kernel from 128 nonzeros per output channel (of
-        # 128 x 9 columns here), their input split into the 2 x 2 stride phases
+        # strided layers take the batch-lanes kernel, their input split into the 2 x 2 stride
+        # phases: with AVX-512 from 128 nonzeros per output channel (of 128 x 9 columns here),
+        # with AVX2 at any density
         s2 = LayerSpec("s2", "conv", 128, 128, (3, 3), (2, 2), (1, 1), (1, 1), 1, (56, 56))
+        if w16 == 8:
+            assert s2.kernel_work(16, 2)["lanes_density"] == 0.0
+            assert s2.kernel_work(16, 2, 0.05)["lanes_images"] == 16
         if w16 == 16:
             assert s2.kernel_work(16, 2)["lanes_density"] == pytest.approx(128 / 1152)
             assert s2.kernel_work(16, 2, 0.05)["lanes_images"] == 0
