@@ -437,16 +437,22 @@ def test_per_image_chunks_on_strided_layers(isa):
             w = spec.kernel_work(batch, 2, 0.3)
             assert w["pixel_chunked"]
             assert w["pixel_chunk_density"] < flat.kernel_work(batch, 2, 0.3)["pixel_chunk_density"]
-        w = torch.randn(40, 96, 3, 3, generator=gen)
-        w = w * (torch.rand(w.shape, generator=gen) < 0.3)
-        x = torch.randn(batch, 96, 40, 40, generator=gen)
-        b = torch.randn(40, generator=gen)
-        sw = SparseWeight.from_dense(w)
-        ref = torch.relu(dense_ref(x, w, b, stride=2, padding=1))
-        for threads in (1, 2):
-            with num_threads(threads):
-                y = sparse_conv2d(x, sw, b, stride=2, padding=1, relu=True)
-            assert_close(y, ref)
+        check_stride2_relu(gen, 40, 96, batch, 40)
+
+
+def check_stride2_relu(gen, out_ch, in_ch, batch, hw, density=0.3):
+    """A random 3x3 stride-2 layer with bias and fused ReLU on 1 and 2 threads against conv2d
+    in float64."""
+    w = torch.randn(out_ch, in_ch, 3, 3, generator=gen)
+    w = w * (torch.rand(w.shape, generator=gen) < density)
+    x = torch.randn(batch, in_ch, hw, hw, generator=gen)
+    b = torch.randn(out_ch, generator=gen)
+    sw = SparseWeight.from_dense(w)
+    ref = torch.relu(dense_ref(x, w, b, stride=2, padding=1))
+    for threads in (1, 2):
+        with num_threads(threads):
+            y = sparse_conv2d(x, sw, b, stride=2, padding=1, relu=True)
+        assert_close(y, ref)
 
 
 def test_batch_lanes_tile_beyond_the_l2(isa):
@@ -467,17 +473,7 @@ def test_batch_lanes_tile_beyond_the_l2(isa):
     assert plan["footprint"] > l2
     if "SPARSECNN_BATCH_LANES" not in os.environ:
         assert plan["lanes_images"] == 16 // plan["vector_width"] * plan["vector_width"]
-    gen = torch.Generator().manual_seed(6)
-    w = torch.randn(16, cin, 3, 3, generator=gen)
-    w = w * (torch.rand(w.shape, generator=gen) < 0.3)
-    x = torch.randn(16, cin, 14, 14, generator=gen)
-    b = torch.randn(16, generator=gen)
-    sw = SparseWeight.from_dense(w)
-    ref = torch.relu(dense_ref(x, w, b, stride=2, padding=1))
-    for threads in (1, 2):
-        with num_threads(threads):
-            y = sparse_conv2d(x, sw, b, stride=2, padding=1, relu=True)
-        assert_close(y, ref)
+    check_stride2_relu(torch.Generator().manual_seed(6), 16, cin, 16, 14)
 
 
 @pytest.mark.parametrize("var, on, off, batch", [
