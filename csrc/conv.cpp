@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -245,18 +244,23 @@ void patch_nonfinite(const Conv2dArgs& a, int64_t oh, int64_t ow) {
 // contiguous) at a batch the batch-lanes kernel would take with contiguous rows is first copied
 // to NCHW (into *buf): that kernel's layout reads rows, and the per-image kernel the batch
 // fell back to took as long as dense conv2d there (CaffeNet conv3's shape at batch 16, density
-// 0.3: 34 ms against 17.5 contiguous). Otherwise, or where the copy cannot be allocated, the
+// 0.3: 34 ms against 17.5 contiguous). The copy lives in a buffer of the calling thread kept
+// across calls (not the kernels' scratch, which this thread also uses as a worker): a fresh
+// allocation would page-fault it in every call. Otherwise, or where the buffer cannot grow, the
 // input as it is.
-Conv2dArgs rows_contiguous(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow,
-                           std::unique_ptr<float[]>* buf) {
+Conv2dArgs rows_contiguous(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
   if (a.xs[3] == 1 || a.n < isa.width) return a;
   Conv2dArgs c = a;
   c.xs[3] = 1, c.xs[2] = a.w, c.xs[1] = a.h * a.w, c.xs[0] = a.c * a.h * a.w;
   conv::LanesPlan probe{};
   if (conv::lanes_images(c, isa, oh, ow, &probe) == 0) return a;
-  buf->reset(new (std::nothrow) float[static_cast<size_t>(a.n * c.xs[0])]);
-  if (!*buf) return a;
-  float* const dst = buf->get();
+  thread_local std::vector<float> buf;
+  float* dst;
+  try {
+    dst = conv::aligned_scratch(buf, static_cast<size_t>(a.n * c.xs[0]));
+  } catch (const std::bad_alloc&) {
+    return a;
+  }
   // Per (image, row): a W x C block transposed 8 channels at a time, so that the reads of a
   // channels-last row run along its channels and the writes along 8 output rows.
   parallel_for(a.n * a.h, std::max(1, a.threads), [&](int64_t t) {
@@ -363,8 +367,7 @@ void sparse_conv2d(const Conv2dArgs& a) {
   // Whole blocks of W images go to the batch-lanes kernel where it applies, the rest (and
   // every other layer) to the per-image kernel; each part is a view of the same call.
   conv::LanesPlan lp{};
-  std::unique_ptr<float[]> nchw;
-  const Conv2dArgs c = rows_contiguous(a, isa, oh, ow, &nchw);
+  const Conv2dArgs c = rows_contiguous(a, isa, oh, ow);
   const int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
   bool nonfinite = false;
   if (lanes > 0) nonfinite |= conv::run_lanes(conv::part(c, 0, lanes, oh, ow), isa, oh, ow, lp);
