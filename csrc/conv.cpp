@@ -240,41 +240,35 @@ void patch_nonfinite(const Conv2dArgs& a, int64_t oh, int64_t ow) {
         }
 }
 
-// The call's input with contiguous rows. Channels-last (or any view whose rows are not
-// contiguous) at a batch the batch-lanes kernel would take with contiguous rows is first copied
-// to NCHW (into *buf): that kernel's layout reads rows, and the per-image kernel the batch
-// fell back to took as long as dense conv2d there (CaffeNet conv3's shape at batch 16, density
-// 0.3: 34 ms against 17.5 contiguous). The copy lives in a buffer of the calling thread kept
-// across calls (not the kernels' scratch, which this thread also uses as a worker): a fresh
-// allocation would page-fault it in every call. Otherwise, or where the buffer cannot grow, the
-// input as it is.
-Conv2dArgs rows_contiguous(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
-  if (a.xs[3] == 1 || a.n < isa.width) return a;
-  Conv2dArgs c = a;
-  c.xs[3] = 1, c.xs[2] = a.w, c.xs[1] = a.h * a.w, c.xs[0] = a.c * a.h * a.w;
-  conv::LanesPlan probe{};
-  if (conv::lanes_images(c, isa, oh, ow, &probe) == 0) return a;
+// Image-by-image NCHW copy of an input whose rows are not contiguous (channels-last, a view
+// with strided columns), for the batch-lanes kernel, whose layout reads rows: without it such
+// a batch went to the per-image kernel's generic layout and took as long as dense conv2d
+// (CaffeNet conv3's shape at batch 16, density 0.3: 34 ms against 17.5 contiguous). The copy
+// lives in a buffer of the calling thread kept across calls (not the kernels' scratch, which
+// this thread also uses as a worker): a fresh allocation would page-fault it in every call.
+// nullptr where the buffer cannot grow.
+const float* copy_to_nchw(const Conv2dArgs& a) {
   thread_local std::vector<float> buf;
+  const int64_t plane = a.h * a.w, image = a.c * plane;
   float* dst;
   try {
-    dst = conv::aligned_scratch(buf, static_cast<size_t>(a.n * c.xs[0]));
+    dst = conv::aligned_scratch(buf, static_cast<size_t>(a.n * image));
   } catch (const std::bad_alloc&) {
-    return a;
+    return nullptr;
   }
   // Per (image, row): a W x C block transposed 8 channels at a time, so that the reads of a
   // channels-last row run along its channels and the writes along 8 output rows.
   parallel_for(a.n * a.h, std::max(1, a.threads), [&](int64_t t) {
     const int64_t n = t / a.h, y = t % a.h;
     const float* src = a.x + n * a.xs[0] + y * a.xs[2];
-    float* out = dst + n * c.xs[0] + y * a.w;
+    float* out = dst + n * image + y * a.w;
     for (int64_t c0 = 0; c0 < a.c; c0 += 8) {
       const int64_t c1 = std::min<int64_t>(a.c, c0 + 8);
       for (int64_t x = 0; x < a.w; ++x)
-        for (int64_t ch = c0; ch < c1; ++ch) out[ch * c.xs[1] + x] = src[ch * a.xs[1] + x * a.xs[3]];
+        for (int64_t ch = c0; ch < c1; ++ch) out[ch * plane + x] = src[ch * a.xs[1] + x * a.xs[3]];
     }
   });
-  c.x = dst;
-  return c;
+  return dst;
 }
 
 }  // namespace
@@ -366,9 +360,21 @@ void sparse_conv2d(const Conv2dArgs& a) {
   const IsaKernels& isa = isa_kernels();
   // Whole blocks of W images go to the batch-lanes kernel where it applies, the rest (and
   // every other layer) to the per-image kernel; each part is a view of the same call.
+  // An input whose rows are not contiguous is planned as NCHW, and copied so where the
+  // batch-lanes kernel takes it (copy_to_nchw); else it stays as it is (per-image kernel).
   conv::LanesPlan lp{};
-  const Conv2dArgs c = rows_contiguous(a, isa, oh, ow);
-  const int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
+  Conv2dArgs c = a;
+  if (a.xs[3] != 1) c.xs[3] = 1, c.xs[2] = a.w, c.xs[1] = a.h * a.w, c.xs[0] = a.c * a.h * a.w;
+  int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
+  if (a.xs[3] != 1) {
+    const float* nchw = lanes > 0 ? copy_to_nchw(a) : nullptr;
+    if (nchw) {
+      c.x = nchw;
+    } else {
+      c = a;
+      lanes = 0;
+    }
+  }
   bool nonfinite = false;
   if (lanes > 0) nonfinite |= conv::run_lanes(conv::part(c, 0, lanes, oh, ow), isa, oh, ow, lp);
   if (lanes < c.n) nonfinite |= conv::run_pixels(conv::part(c, lanes, c.n, oh, ow), isa, oh, ow);

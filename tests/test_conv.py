@@ -707,7 +707,7 @@ def test_nonfinite_direct_path_1x1(isa, layout):
 def test_rows_not_contiguous_at_a_lanes_batch(isa, layout):
     """An input whose rows are not contiguous (channels-last, strided columns, H and W swapped)
     at a batch the batch-lanes kernel takes is copied to NCHW first (csrc/conv.cpp,
-    rows_contiguous), then runs as a contiguous one: the same result as conv2d in float64,
+    copy_to_nchw), then runs as a contiguous one: the same result as conv2d in float64,
     a NaN and an Inf propagating, 1 and 2 threads; a batch of 17 leaves one image to the
     per-image kernel."""
     gen = torch.Generator().manual_seed(14)
