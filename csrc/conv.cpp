@@ -240,6 +240,11 @@ void patch_nonfinite(const Conv2dArgs& a, int64_t oh, int64_t ow) {
         }
 }
 
+// The strides of a contiguous NCHW tensor of a's shape.
+void nchw_strides(Conv2dArgs& a) {
+  a.xs[3] = 1, a.xs[2] = a.w, a.xs[1] = a.h * a.w, a.xs[0] = a.c * a.h * a.w;
+}
+
 // Image-by-image NCHW copy of an input whose rows are not contiguous (channels-last, a view
 // with strided columns), for the batch-lanes kernel, whose layout reads rows: without it such
 // a batch went to the per-image kernel's generic layout and took as long as dense conv2d
@@ -281,7 +286,7 @@ ConvPlanInfo conv2d_plan(const Conv2dArgs& g) {
   int64_t oh, ow;
   conv2d_output_size(a.h, a.w, a.kh, a.kw, a.stride_h, a.stride_w, a.pad_top, a.pad_bottom, a.pad_left,
                      a.pad_right, a.dil_h, a.dil_w, &oh, &ow);
-  a.xs[3] = 1, a.xs[2] = a.w, a.xs[1] = a.h * a.w, a.xs[0] = a.c * a.h * a.w;
+  nchw_strides(a);
   const IsaKernels& isa = isa_kernels();
   ConvPlanInfo info;
   info.vector_width = isa.width;
@@ -364,7 +369,7 @@ void sparse_conv2d(const Conv2dArgs& a) {
   // batch-lanes kernel takes it (copy_to_nchw); else it stays as it is (per-image kernel).
   conv::LanesPlan lp{};
   Conv2dArgs c = a;
-  if (a.xs[3] != 1) c.xs[3] = 1, c.xs[2] = a.w, c.xs[1] = a.h * a.w, c.xs[0] = a.c * a.h * a.w;
+  if (a.xs[3] != 1) nchw_strides(c);
   int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
   if (a.xs[3] != 1) {
     const float* nchw = lanes > 0 ? copy_to_nchw(a) : nullptr;

@@ -111,10 +111,14 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   p.oh = oh;
   p.ow = ow;
   // ---- phased layout ----
+  // reach[q]: rows past its own that a tile reads in row phase q (its taps reach (r dil) /
+  // stride rows down); the footprint below sums it per phase
+  int64_t reach[64] = {};
   for (int i = 0; i < 64; ++i) p.phy_index[i] = p.phx_index[i] = -1;
   for (int64_t r = 0; r < a.kh; ++r) {
     const int64_t ry = r * a.dil_h;
     p.drmax = std::max(p.drmax, ry / a.stride_h);
+    reach[ry % a.stride_h] = std::max(reach[ry % a.stride_h], ry / a.stride_h);
     int& slot = p.phy_index[ry % a.stride_h];
     if (slot < 0) slot = 0;
   }
@@ -174,21 +178,13 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   const int64_t nvec = pl.nvec = (positions + W - 1) / W;
   const int nv_max = std::min(16, isa.max_acc);
   const double budget = 0.9 * static_cast<double>(l2_bytes());
-  // Rows past its own that a tile reads in each row phase: the taps of phase q reach (r dil) /
-  // stride rows down. Per phase, not the largest for every phase: a 3x3 stride-2 tile reads
-  // one more row in two of its four phases, none in the other two.
-  std::vector<int64_t> phase_reach;
-  for (int q = 0; q < a.stride_h; ++q) {
-    if (p.phy_index[q] < 0) continue;
-    int64_t m = 0;
-    for (int64_t r = 0; r < a.kh; ++r)
-      if ((r * a.dil_h) % a.stride_h == q) m = std::max(m, (r * a.dil_h) / a.stride_h);
-    phase_reach.push_back(m);
-  }
+  // Summed per row phase, not the largest reach for every phase: a 3x3 stride-2 tile reads one
+  // more row in two of its four phases, none in the other two.
   auto footprint = [&](int64_t nb_, int64_t nv_) {  // bytes of input one tile reads
     double span = 0.0;
-    for (const int64_t m : phase_reach)
-      span += p.nphx * std::min<double>(static_cast<double>(p.plane), static_cast<double>(nv_ * W + m * p.wrow + W));
+    for (int q = 0; q < a.stride_h; ++q)
+      if (p.phy_index[q] >= 0)
+        span += p.nphx * std::min<double>(static_cast<double>(p.plane), static_cast<double>(nv_ * W + reach[q] * p.wrow + W));
     return 4.0 * nb_ * a.cin_per_group * nshift * span;
   };
   int64_t nchunks = (nvec + nv_max - 1) / nv_max;
