@@ -9,6 +9,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <initializer_list>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -81,6 +83,18 @@ const float* bias_ptr(const std::optional<Arr>& bias, int64_t n) {
   return static_cast<const float*>(bias->data());
 }
 
+// Whether a's strides are those of a dense tensor whose dimensions lie in memory in the order
+// dims (outermost first); dimensions of size 1 may have any stride.
+template <class A>
+bool dense_in_order(const A& a, std::initializer_list<int> dims) {
+  int64_t expect = 1;
+  for (auto it = std::rbegin(dims); it != std::rend(dims); ++it) {
+    if (a.shape(*it) > 1 && a.stride(*it) != expect) return false;
+    expect *= static_cast<int64_t>(a.shape(*it));
+  }
+  return true;
+}
+
 void check_out(const OutArr& out, int64_t ndim) {
   check_cpu(out, "out");
   check_dtype(out, nb::dtype<float>(), "out", "float32");
@@ -92,6 +106,15 @@ void check_out(const OutArr& out, int64_t ndim) {
       throw std::invalid_argument("out: must be contiguous");
     expect *= static_cast<int64_t>(out.shape(d));
   }
+}
+
+// A conv's (N, C, H, W) output or residual: NCHW-contiguous (false) or channels-last (true).
+// Where both fit (a size-1 channel or pixel count) the two are the same memory: NCHW.
+template <class A>
+bool conv_out_format(const A& a, const char* name) {
+  if (dense_in_order(a, {0, 1, 2, 3})) return false;
+  if (dense_in_order(a, {0, 2, 3, 1})) return true;
+  throw std::invalid_argument(std::string(name) + ": must be contiguous, NCHW or channels-last");
 }
 
 void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
@@ -107,8 +130,11 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
                                 std::to_string(x.ndim()) + "-D");
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("stride/dilation need 2 values and padding 4 (top, bottom, left, right)");
-  check_out(out, 4);
+  check_cpu(out, "out");
+  check_dtype(out, nb::dtype<float>(), "out", "float32");
+  if (out.ndim() != 4) throw std::invalid_argument("out: expected 4-D");
   scnn::Conv2dArgs a;
+  a.out_cl = conv_out_format(out, "out");
   a.x = static_cast<const float*>(x.data());
   a.n = x.shape(0);
   a.c = x.shape(1);
@@ -141,12 +167,9 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
     for (int d = 0; d < 4; ++d)
       if (residual->shape(d) != out.shape(d))
         throw std::invalid_argument("residual: shape differs from the output's in dimension " + std::to_string(d));
-    int64_t expect = 1;
-    for (int64_t d = 3; d >= 0 && residual->size() > 0; --d) {  // an empty tensor has no layout
-      if (residual->shape(d) > 1 && residual->stride(d) != expect)
-        throw std::invalid_argument("residual: must be contiguous");
-      expect *= static_cast<int64_t>(residual->shape(d));
-    }
+    if (residual->size() > 0 && conv_out_format(*residual, "residual") != a.out_cl)  // empty: no layout
+      throw std::invalid_argument(std::string("residual: must be in the output's memory format (") +
+                                  (a.out_cl ? "channels-last" : "NCHW-contiguous") + ")");
     a.residual = static_cast<const float*>(residual->data());
     a.residual_numel = static_cast<int64_t>(residual->size());
   }

@@ -245,6 +245,10 @@ void nchw_strides(Conv2dArgs& a) {
   a.xs[3] = 1, a.xs[2] = a.w, a.xs[1] = a.h * a.w, a.xs[0] = a.c * a.h * a.w;
 }
 
+// Pixels [0, plane) of each of n images as tasks of up to kTransposePixels: an image's
+// transpose, split so that both threads share a batch-1 layer's.
+constexpr int64_t kTransposePixels = 512;
+
 // Image-by-image NCHW copy of an input whose rows are not contiguous (channels-last, a view
 // with strided columns), for the batch-lanes kernel, whose layout reads rows: without it such
 // a batch went to the per-image kernel's generic layout and took as long as dense conv2d
@@ -252,7 +256,7 @@ void nchw_strides(Conv2dArgs& a) {
 // lives in a buffer of the calling thread kept across calls (not the kernels' scratch, which
 // this thread also uses as a worker): a fresh allocation would page-fault it in every call.
 // nullptr where the buffer cannot grow.
-const float* copy_to_nchw(const Conv2dArgs& a) {
+const float* copy_to_nchw(const Conv2dArgs& a, const IsaKernels& isa) {
   thread_local std::vector<float> buf;
   const int64_t plane = a.h * a.w, image = a.c * plane;
   float* dst;
@@ -261,9 +265,20 @@ const float* copy_to_nchw(const Conv2dArgs& a) {
   } catch (const std::bad_alloc&) {
     return nullptr;
   }
-  // Per (image, row): a W x C block transposed 8 channels at a time, so that the reads of a
-  // channels-last row run along its channels and the writes along 8 output rows.
-  parallel_for(a.n * a.h, std::max(1, a.threads), [&](int64_t t) {
+  const int threads = std::max(1, a.threads);
+  if (a.xs[1] == 1 && a.xs[2] == a.w * a.xs[3]) {
+    // Channels-last (a channel window of it too): each image a plane x C matrix.
+    const int64_t per = (plane + kTransposePixels - 1) / kTransposePixels;
+    parallel_for(a.n * per, threads, [&](int64_t t) {
+      const int64_t n = t / per, p0 = t % per * kTransposePixels;
+      isa.transpose({a.x + n * a.xs[0] + p0 * a.xs[3], a.xs[3], dst + n * image + p0, plane,
+                     std::min(kTransposePixels, plane - p0), a.c, nullptr, false});
+    });
+    return dst;
+  }
+  // Other strides, per (image, row): a W x C block copied 8 channels at a time, so that the
+  // reads run along the smaller stride and the writes along 8 output rows.
+  parallel_for(a.n * a.h, threads, [&](int64_t t) {
     const int64_t n = t / a.h, y = t % a.h;
     const float* src = a.x + n * a.xs[0] + y * a.xs[2];
     float* out = dst + n * image + y * a.w;
@@ -274,6 +289,54 @@ const float* copy_to_nchw(const Conv2dArgs& a) {
     }
   });
   return dst;
+}
+
+// The convolution into an NCHW output (a.out_cl false).
+void run_nchw(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
+  // Whole blocks of W images go to the batch-lanes kernel where it applies, the rest (and
+  // every other layer) to the per-image kernel; each part is a view of the same call.
+  // An input whose rows are not contiguous is planned as NCHW, and copied so where the
+  // batch-lanes kernel takes it (copy_to_nchw); else it stays as it is (per-image kernel).
+  conv::LanesPlan lp{};
+  Conv2dArgs c = a;
+  if (a.xs[3] != 1) nchw_strides(c);
+  int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
+  if (a.xs[3] != 1) {
+    const float* nchw = lanes > 0 ? copy_to_nchw(a, isa) : nullptr;
+    if (nchw) {
+      c.x = nchw;
+    } else {
+      c = a;
+      lanes = 0;
+    }
+  }
+  bool nonfinite = false;
+  if (lanes > 0) nonfinite |= conv::run_lanes(conv::part(c, 0, lanes, oh, ow), isa, oh, ow, lp);
+  if (lanes < c.n) nonfinite |= conv::run_pixels(conv::part(c, lanes, c.n, oh, ow), isa, oh, ow);
+  if (nonfinite) patch_nonfinite(a, oh, ow);
+}
+
+// A channels-last output: the kernels write NCHW into a buffer of the calling thread (kept
+// across calls, as copy_to_nchw's), then each image is transposed into out with the residual
+// (channels-last like out: read in place) and the ReLU applied on the way.
+void run_channels_last(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
+  thread_local std::vector<float> buf;
+  const int64_t plane = oh * ow, image = a.out_channels * plane;
+  Conv2dArgs b = a;
+  b.out = conv::aligned_scratch(buf, static_cast<size_t>(a.n * image));  // bad_alloc: MemoryError
+  b.out_cl = false;
+  b.residual = nullptr;
+  b.residual_numel = 0;
+  b.relu = a.relu && !a.residual;
+  run_nchw(b, isa, oh, ow);
+  const int64_t per = (plane + kTransposePixels - 1) / kTransposePixels;
+  parallel_for(a.n * per, std::max(1, a.threads), [&](int64_t t) {
+    const int64_t n = t / per, p0 = t % per * kTransposePixels;
+    const int64_t o = (n * plane + p0) * a.out_channels;
+    isa.transpose({b.out + n * image + p0, plane, a.out + o, a.out_channels, a.out_channels,
+                   std::min(kTransposePixels, plane - p0), a.residual ? a.residual + o : nullptr,
+                   a.relu && a.residual});
+  });
 }
 
 }  // namespace
@@ -363,27 +426,10 @@ void sparse_conv2d(const Conv2dArgs& a) {
   if (!a.x || !a.out) fail("sparse_conv2d: null tensor data");
 
   const IsaKernels& isa = isa_kernels();
-  // Whole blocks of W images go to the batch-lanes kernel where it applies, the rest (and
-  // every other layer) to the per-image kernel; each part is a view of the same call.
-  // An input whose rows are not contiguous is planned as NCHW, and copied so where the
-  // batch-lanes kernel takes it (copy_to_nchw); else it stays as it is (per-image kernel).
-  conv::LanesPlan lp{};
-  Conv2dArgs c = a;
-  if (a.xs[3] != 1) nchw_strides(c);
-  int64_t lanes = conv::lanes_images(c, isa, oh, ow, &lp);
-  if (a.xs[3] != 1) {
-    const float* nchw = lanes > 0 ? copy_to_nchw(a) : nullptr;
-    if (nchw) {
-      c.x = nchw;
-    } else {
-      c = a;
-      lanes = 0;
-    }
-  }
-  bool nonfinite = false;
-  if (lanes > 0) nonfinite |= conv::run_lanes(conv::part(c, 0, lanes, oh, ow), isa, oh, ow, lp);
-  if (lanes < c.n) nonfinite |= conv::run_pixels(conv::part(c, lanes, c.n, oh, ow), isa, oh, ow);
-  if (nonfinite) patch_nonfinite(a, oh, ow);
+  if (a.out_cl)
+    run_channels_last(a, isa, oh, ow);
+  else
+    run_nchw(a, isa, oh, ow);
 }
 
 }  // namespace scnn

@@ -29,10 +29,11 @@ struct Conv2dArgs {
   Csr weight;
   int64_t out_channels = 0, cin_per_group = 0, kh = 0, kw = 0, groups = 1;
   const float* bias = nullptr;  // [out_channels] or null
-  float* out = nullptr;         // (N, out_channels, OH, OW), contiguous
+  float* out = nullptr;         // (N, out_channels, OH, OW), contiguous, or channels-last
   int64_t out_numel = 0;        // size of the out buffer, checked against the geometry
-  // Added to the output before the ReLU (a residual connection), same shape as out,
-  // contiguous; null for none. May not overlap out.
+  bool out_cl = false;          // out (and residual) channels-last: (N, OH, OW, out_channels) in memory
+  // Added to the output before the ReLU (a residual connection), same shape and memory
+  // format as out; null for none. May not overlap out.
   const float* residual = nullptr;
   int64_t residual_numel = 0;
   int64_t stride_h = 1, stride_w = 1;

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import sparsecnn
 from sparsecnn import SparseWeight, sparse_conv2d
 from sparsecnn.ops.conv import resolve_padding
+from sparsecnn.ops.memory_format import suggests_channels_last
 from conftest import assert_close, num_threads
 
 SRC = str(Path(sparsecnn.__file__).resolve().parents[1])
@@ -187,7 +188,8 @@ def test_conv_matches_dense_random(isa, cfg):
     with num_threads(cfg["threads"]):
         y = sparse_conv2d(x, sw, bias, groups=groups_arg, relu=cfg["relu"], residual=res, **kw)
     assert_close(y, ref)
-    assert y.is_contiguous()
+    # dense, in the format torch's conv2d gives (exact strides against it: test_memory_format.py)
+    assert y.is_contiguous(memory_format=torch.channels_last if suggests_channels_last(x) else torch.contiguous_format)
     if cfg["relu"]:
         assert (y >= 0).all()
 
@@ -959,6 +961,17 @@ def test_error_residual_raw_core(sw33):
     ok = torch.randn(1, 4, 5, 5)
     _core.conv2d(*args, residual=ok)
     assert torch.allclose(out, sparse_conv2d(x, sw33) + ok, atol=1e-5)
+    # a channels-last output takes a channels-last residual (read in place), not an NCHW one
+    with pytest.raises(ValueError, match=r"residual: must be in the output's memory format \(NCHW"):
+        _core.conv2d(*args, residual=ok.contiguous(memory_format=torch.channels_last))
+    cl = torch.empty(1, 4, 5, 5, memory_format=torch.channels_last)
+    args_cl = args[:5] + (cl,) + args[6:]
+    with pytest.raises(ValueError, match=r"residual: must be in the output's memory format \(channels-last"):
+        _core.conv2d(*args_cl, residual=ok)
+    _core.conv2d(*args_cl, residual=ok.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(cl, out)
+    with pytest.raises(ValueError, match="out: must be contiguous, NCHW or channels-last"):
+        _core.conv2d(*(args[:5] + (torch.empty(1, 5, 5, 4).permute(0, 3, 2, 1),) + args[6:]))
 
 
 @pytest.mark.parametrize("weight", [torch.ones(4, 2, 3, 3), None, "w"])

@@ -52,7 +52,10 @@ def test_fused_relu_and_channels_last_on_cuda():
     sp = sparsecnn.SparseConv2d.from_dense(conv, relu=True).cuda()
     x = torch.randn(2, 8, 11, 11, generator=gen)
     ref = torch.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=2))
-    _close(sp(x.cuda().to(memory_format=torch.channels_last)), ref)
+    xcl = x.cuda().to(memory_format=torch.channels_last)
+    y = sp(xcl)
+    _close(y, ref)
+    assert y.stride() == F.conv2d(xcl, conv.weight.cuda(), padding=2).stride()  # channels-last, as cuDNN's
 
 
 def test_backward_matches_dense_on_cuda():

@@ -37,6 +37,8 @@ CONV_ARGSETS = {
     "groups_stride_asym": ((6, 2, 3, 2), 2, True, [2, 1], [1, 0, 2, 1], [1, 2], False, (2, 4, 8, 9)),
     "int32_cols": ((2, 8192, 3, 3), 1, True, [1, 1], [1, 1, 1, 1], [1, 1], True, (1, 8192, 3, 3)),
     "residual_relu": ((6, 4, 3, 3), 1, True, [1, 1], [1, 1, 1, 1], [1, 1], True, (2, 4, 5, 6)),
+    # channels-last input and residual: a channels-last output, in the fake kernel too
+    "channels_last_residual": ((6, 4, 3, 3), 1, True, [2, 2], [1, 1, 1, 1], [1, 1], True, (2, 4, 7, 6)),
 }
 
 
@@ -45,12 +47,14 @@ def test_opcheck_sparse_conv2d(name):
     shape, groups, bias, stride, padding, dilation, relu, xshape = CONV_ARGSETS[name]
     sw = SparseWeight.from_dense(sparse_dense(shape, 0.02 if shape[1] > 1000 else 0.4, 1), groups=groups)
     assert sw.col_idx.dtype == (torch.int32 if name == "int32_cols" else torch.int16)
-    x = torch.randn(xshape, requires_grad=True)
+    fmt = torch.channels_last if name.startswith("channels_last") else torch.contiguous_format
+    x = torch.randn(xshape).contiguous(memory_format=fmt).requires_grad_(True)
     vals = sw.values.clone().requires_grad_(True)
     b = torch.randn(shape[0], requires_grad=True) if bias else None
     args = (x, vals, sw.col_idx, sw.row_ptr, list(shape), b, stride, padding, dilation, groups, relu)
-    if name == "residual_relu":  # gradient flows to the residual too
-        args += (torch.randn(xshape[0], shape[0], *xshape[2:], requires_grad=True),)
+    if "residual" in name:  # gradient flows to the residual too
+        oh, ow = ops.conv_output_size(xshape[2], xshape[3], shape[2:], stride, padding, dilation)
+        args += (torch.randn(xshape[0], shape[0], oh, ow).contiguous(memory_format=fmt).requires_grad_(True),)
     result = torch.library.opcheck(torch.ops.sparsecnn.sparse_conv2d.default, args)
     assert all(v == "SUCCESS" for v in result.values()), result
 

@@ -47,7 +47,7 @@ def test_max_pool_matches_torch(cfg):
     finally:
         torch.set_num_threads(old)
     ref = F.max_pool2d(x, cfg["kernel"], cfg["stride"], cfg["padding"], ceil_mode=cfg["ceil_mode"])
-    assert y.shape == ref.shape
+    assert y.shape == ref.shape and y.stride() == ref.stride()
     assert torch.equal(y.isnan(), ref.isnan())
     assert torch.equal(y.nan_to_num(0.0), ref.nan_to_num(0.0))
 
@@ -102,8 +102,9 @@ def test_raw_op_rejects_bad_dtype():
         torch.ops.sparsecnn.max_pool2d(torch.randn(1, 1, 4, 4, dtype=torch.float64), [2, 2], [2, 2], [0, 0], False)
 
 
-def test_opcheck_pool_and_lrn():
-    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_opcheck_pool_and_lrn(fmt):
+    x = torch.randn(2, 3, 9, 8).contiguous(memory_format=fmt).requires_grad_(True)
     for op, args in [(torch.ops.sparsecnn.max_pool2d.default, (x, [3, 2], [2, 1], [1, 0], True)),
                      (torch.ops.sparsecnn.local_response_norm.default, (x, 5, 1e-2, 0.75, 1.0))]:
         result = torch.library.opcheck(op, args)

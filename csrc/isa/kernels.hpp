@@ -119,6 +119,18 @@ struct LayoutJob {
   int64_t rep_stride;
 };
 
+// dst[j * ds + i] = relu?(src[i * ss + j] (+ res[j * ds + i])) for i < rows, j < cols
+// (kernels/transpose.hpp): NCHW <-> channels-last, an image or a slice of one.
+struct TransposeJob {
+  const float* src;
+  int64_t ss;           // floats between source rows
+  float* dst;
+  int64_t ds;           // floats between destination rows
+  int64_t rows, cols;   // of the source
+  const float* res;     // laid out like dst, or null
+  bool relu;
+};
+
 struct IsaKernels {
   const char* name;
   int width;     // floats per vector
@@ -129,6 +141,7 @@ struct IsaKernels {
   bool (*layout_channel)(const LayoutJob&);  // returns whether a NaN/Inf was read
   void (*lanes_tile)(const LaneTile&);
   bool (*lanes_layout)(const LaneLayoutJob&);  // returns whether a NaN/Inf was read
+  void (*transpose)(const TransposeJob&);
 };
 
 extern const IsaKernels kAvx512Kernels;

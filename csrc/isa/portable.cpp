@@ -102,11 +102,13 @@ struct V {
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
+#include "kernels/transpose.hpp"
 
 }  // namespace
 
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
                                      &linear_tile<V>, &linear_dot<V>, &layout_channel<V>,
-                                     &lanes_tile<V>, &lanes_layout<V>};
+                                     &lanes_tile<V>, &lanes_layout<V>,
+                                  &transpose_tile<V>};
 
 }  // namespace scnn

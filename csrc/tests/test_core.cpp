@@ -77,6 +77,7 @@ CsrOwned pack(const std::vector<float>& dense, int64_t rows, int64_t cols) {
 struct ConvCase {
   int64_t n, c, h, w, o, g, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw;
   bool bias, relu, channels_last, use16, residual;
+  bool out_cl;  // output and residual channels-last
   double density;
   int threads;
 };
@@ -119,6 +120,7 @@ bool run_conv_case(const ConvCase& k, std::mt19937& rng) {
   a.dil_h = k.dh; a.dil_w = k.dw;
   a.relu = k.relu; a.threads = k.threads;
   a.residual = res.get(); a.residual_numel = k.residual ? out_n : 0;
+  a.out_cl = k.out_cl;
   scnn::sparse_conv2d(a);
 
   double max_err = 0.0;
@@ -137,7 +139,7 @@ bool run_conv_case(const ConvCase& k, std::mt19937& rng) {
                 acc += double(wd[m * cols + (c * k.kh + r) * k.kw + s]) *
                        x[n * a.xs[0] + ci * a.xs[1] + iy * a.xs[2] + ix * a.xs[3]];
               }
-          const int64_t oi = ((n * k.o + m) * oh + y) * ow + xo;
+          const int64_t oi = k.out_cl ? ((n * oh + y) * ow + xo) * k.o + m : ((n * k.o + m) * oh + y) * ow + xo;
           if (k.residual) acc += res[oi];
           if (k.relu && acc < 0) acc = 0;
           const double got = out[oi];
@@ -175,6 +177,7 @@ void test_conv_random(const char* isa) {
     }
     k.bias = it % 2; k.relu = it % 3 == 0; k.channels_last = it % 5 == 1; k.use16 = it % 4 != 3;
     k.residual = it % 4 == 1;
+    k.out_cl = it % 10 == 6 || it % 20 == 5;  // channels-last in and out, NCHW in and channels-last out
     k.density = densities[it % 5];
     if (k.n >= 16 && it % 12 == 10) {  // a strided layer dense enough for the batch-lanes kernel (phases)
       k.g = 1; k.c = 24; k.o = pick(1, 5); k.kh = k.kw = 3;

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from sparsecnn import _core
+from sparsecnn.ops.memory_format import empty_in_format_of, in_format_of, suggests_channels_last
 
 __all__ = [
     "call_sparse_conv2d",
@@ -145,8 +146,10 @@ def _dl(t: torch.Tensor | None) -> object:
     return None if t is None else _to_dlpack(t)
 
 
-def _alloc(shape: tuple[int, ...], what: str) -> torch.Tensor:
+def _alloc(shape: tuple[int, ...], what: str, channels_last: bool = False) -> torch.Tensor:
     try:
+        if channels_last:
+            return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
         return torch.empty(shape, dtype=torch.float32)
     except RuntimeError as e:  # torch reports allocation failure as RuntimeError
         raise MemoryError(f"{what}: cannot allocate the output of shape {tuple(shape)}: {e}") from None
@@ -188,13 +191,17 @@ def _sparse_conv2d_cpu(
     o, cg, kh, kw = (int(s) for s in weight_shape)
     oh, ow = _core.output_size(x.shape[2], x.shape[3], kh, kw, list(stride), list(padding), list(dilation))
     _check_residual(residual, x, (x.shape[0], o, oh, ow))
-    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d")
+    # The output takes torch's memory format for x; the core writes channels-last itself
+    # (and reads a residual in the output's format in place).
+    fmt = torch.channels_last if suggests_channels_last(x) else torch.contiguous_format
+    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d", fmt is torch.channels_last)
     # Even an empty batch goes to the core: it validates the weight and bias first.
     _core.conv2d(
         _dl(x.detach()), _dl(values.detach()), _dl(col_idx), _dl(row_ptr),
         None if bias is None else _dl(bias.detach().contiguous()),
         _dl(out), o, cg, kh, kw, groups, list(stride), list(padding), list(dilation), bool(relu),
-        torch.get_num_threads(), None if residual is None else _dl(residual.detach().contiguous()),
+        torch.get_num_threads(),
+        None if residual is None else _dl(residual.detach().contiguous(memory_format=fmt)),
     )
     return out
 
@@ -290,14 +297,9 @@ def call_sparse_conv2d(
 def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups, relu,
                         residual=None):
     _check(x, values, weight_shape, groups)
-    if residual is not None:  # the Triton kernel has no residual input: add it after, then the ReLU
-        y = _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
-                                False)
-        _check_residual(residual, x, y.shape)
-        y = y + residual
-        return torch.relu(y) if relu else y
     from sparsecnn.ops import triton_conv
 
+    xin = x
     if padding[0] != padding[1] or padding[2] != padding[3]:
         # The Triton kernel takes symmetric padding; pad the extra rows/columns explicitly.
         x = F.pad(x, (padding[2] - min(padding[2], padding[3]), padding[3] - min(padding[2], padding[3]),
@@ -305,9 +307,17 @@ def _sparse_conv2d_cuda(x, values, col_idx, row_ptr, weight_shape, bias, stride,
         sym = (min(padding[0], padding[1]), min(padding[2], padding[3]))
     else:
         sym = (padding[0], padding[2])
-    return triton_conv.sparse_conv2d_triton(
-        x, values, col_idx, row_ptr, list(weight_shape), bias, tuple(stride), sym, tuple(dilation), groups, relu
+    # The Triton kernel has no residual input: add it after, then the ReLU.
+    y = triton_conv.sparse_conv2d_triton(
+        x, values, col_idx, row_ptr, list(weight_shape), bias, tuple(stride), sym, tuple(dilation), groups,
+        relu and residual is None,
     )
+    if residual is not None:
+        _check_residual(residual, xin, y.shape)
+        y = y.add_(residual)
+        if relu:
+            y = y.relu_()
+    return in_format_of(xin, y)
 
 
 @sparse_conv2d_op.register_fake
@@ -316,7 +326,7 @@ def _sparse_conv2d_fake(x, values, col_idx, row_ptr, weight_shape, bias, stride,
     _check(x, values, weight_shape, groups)
     oh, ow = conv_output_size(x.shape[2], x.shape[3], weight_shape[2:], stride, padding, dilation)
     _check_residual(residual, x, (x.shape[0], weight_shape[0], oh, ow))
-    return x.new_empty((x.shape[0], weight_shape[0], oh, ow))
+    return empty_in_format_of(x, (x.shape[0], weight_shape[0], oh, ow))
 
 
 def _setup_context(ctx, inputs, output):

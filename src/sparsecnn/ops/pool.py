@@ -1,5 +1,6 @@
 """``sparsecnn::max_pool2d`` and ``sparsecnn::local_response_norm``: the layers around the sparse
-convolutions, as torch custom ops over the compiled core (CPU, float32, NCHW).
+convolutions, as torch custom ops over the compiled core (CPU, float32; computed in NCHW, the
+output channels-last where the input is, as torch's).
 
 torch's CPU ``max_pool2d`` on NCHW tensors also computes argmax indices and its
 ``LocalResponseNorm`` is five passes over the tensor; once the convolutions are sparse these
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from sparsecnn import _core
 from sparsecnn.ops.conv import _alloc, _dl, eager_cpu_call
+from sparsecnn.ops.memory_format import empty_in_format_of, in_format_of
 
 __all__ = ["call_local_response_norm", "call_max_pool2d", "local_response_norm_op", "max_pool2d_op"]
 
@@ -46,7 +48,7 @@ def _max_pool2d_cpu(x: torch.Tensor, kernel: list[int], stride: list[int], paddi
     out = _alloc(_pool_out(x, kernel, stride, padding, ceil_mode), "max_pool2d")
     _core.max_pool2d(_dl(x.detach().contiguous()), _dl(out), list(kernel), list(stride), list(padding), bool(ceil_mode),
                      torch.get_num_threads())
-    return out
+    return in_format_of(x, out)
 
 
 @torch.library.custom_op("sparsecnn::max_pool2d", mutates_args=(), device_types="cpu")
@@ -64,8 +66,8 @@ def _max_pool2d_fake(x, kernel, stride, padding, ceil_mode):
         if ceil_mode and (o - 1) * s >= n + p:
             o = o - 1
         return o
-    return x.new_empty((x.shape[0], x.shape[1], size(x.shape[2], kernel[0], stride[0], padding[0]),
-                        size(x.shape[3], kernel[1], stride[1], padding[1])))
+    return empty_in_format_of(x, (x.shape[0], x.shape[1], size(x.shape[2], kernel[0], stride[0], padding[0]),
+                                  size(x.shape[3], kernel[1], stride[1], padding[1])))
 
 
 def _pool_setup(ctx, inputs, output):
@@ -101,19 +103,19 @@ def _lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) ->
     out = _alloc(tuple(x.shape), "local_response_norm")
     _core.local_response_norm(_dl(x.detach().contiguous()), _dl(out), int(size), float(alpha), float(beta), float(k),
                               torch.get_num_threads())
-    return out
+    return in_format_of(x, out)
 
 
 @torch.library.custom_op("sparsecnn::local_response_norm", mutates_args=(), device_types="cpu")
 def local_response_norm_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """``F.local_response_norm(x, size, alpha, beta, k)`` for NCHW input."""
+    """``F.local_response_norm(x, size, alpha, beta, k)`` (channels-last input gives channels-last output)."""
     return _lrn_cpu(x, size, alpha, beta, k)
 
 
 @local_response_norm_op.register_fake
 def _lrn_fake(x, size, alpha, beta, k):
     _check(x, "local_response_norm")
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return empty_in_format_of(x, tuple(x.shape))
 
 
 def _lrn_setup(ctx, inputs, output):
