@@ -48,6 +48,13 @@ for m in "resnet50 resnet50_dlmc_magnitude_pruning_0.9" "caffenet caffenet_l1_ac
   MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456 \
     step $OUT/model_$1_malloc.txt "${bench_model[@]}" --json $OUT/model_$1_malloc.json
 done
+# channels-last models (docs/kernel.md "The output takes torch's memory format")
+for m in "resnet50 resnet50_dlmc_magnitude_pruning_0.9 1" "resnet50 resnet50_dlmc_magnitude_pruning_0.9 16" \
+         "caffenet caffenet_l1_acc56.3 16"; do
+  set -- $m
+  step $OUT/channels_last_$1_b$3.txt "$PY" benchmarks/channels_last.py --model $1 --weights $2 --batch $3 \
+    --json $OUT/channels_last_$1_b$3.json
+done
 run "$PY" benchmarks/file_size.py > $OUT/file_size.txt
 step $OUT/perf_caffenet_b1.txt "$PY" -m sparsecnn.cli model caffenet --batch 1 --recalibrate --threads 2
 # exit status 1 = the validation bar is not met; the report is written either way

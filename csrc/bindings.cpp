@@ -242,11 +242,18 @@ void max_pool2d(const Arr& x, OutArr& out, std::vector<int64_t> kernel, std::vec
 }
 
 void lrn(const Arr& x, OutArr& out, int64_t size, double alpha, double beta, double k, int threads) {
-  check_input_contig(x, 4, "local_response_norm");
-  check_out(out, 4);
+  check_cpu(x, "input");
+  check_dtype(x, nb::dtype<float>(), "input", "float32");
+  check_cpu(out, "out");
+  check_dtype(out, nb::dtype<float>(), "out", "float32");
+  if (x.ndim() != 4 || out.ndim() != 4) throw std::invalid_argument("local_response_norm: expected 4-D input and output");
   for (int d = 0; d < 4; ++d)
     if (out.shape(d) != x.shape(d)) throw std::invalid_argument("local_response_norm: output shape differs from the input's");
   scnn::LrnArgs a;
+  // NCHW or channels-last, the output in the input's format
+  a.channels_last = x.size() > 0 && conv_out_format(x, "local_response_norm: input");  // empty: no layout
+  if (x.size() > 0 && conv_out_format(out, "local_response_norm: out") != a.channels_last)
+    throw std::invalid_argument("local_response_norm: out must be in the input's memory format");
   a.x = static_cast<const float*>(x.data());
   a.n = x.shape(0); a.c = x.shape(1); a.hw = static_cast<int64_t>(x.shape(2) * x.shape(3));
   a.size = size; a.alpha = alpha; a.beta = beta; a.k = k;

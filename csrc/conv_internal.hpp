@@ -171,6 +171,9 @@ struct PixelsPlan {
 
 // The per-image kernel's plan (run_pixels runs exactly this; conv2d_plan reports it).
 PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow);
+// Whether the per-image kernel reads an NCHW-contiguous input of this geometry in place (one
+// column per tap, no padding, stride 1: no layout at all).
+bool direct_geometry(const Conv2dArgs& a);
 // The per-image kernel (kernels/sparse_conv.hpp): SIMD over the output pixels of one image,
 // any stride, dilation and layout. Returns whether a NaN/Inf input was seen.
 bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow);

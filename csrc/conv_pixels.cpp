@@ -104,6 +104,11 @@ constexpr int64_t kClaimChannels = 24;
 
 }  // namespace
 
+bool direct_geometry(const Conv2dArgs& a) {
+  return a.stride_h == 1 && a.stride_w == 1 && a.pad_top == 0 && a.pad_bottom == 0 && a.pad_left == 0 &&
+         a.pad_right == 0 && a.kw == 1;
+}
+
 PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t ow) {
   const int threads = std::max(1, a.threads);
   PixelsPlan pl;
@@ -134,8 +139,7 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   p.wrow = p.ow + p.dqmax;
   p.hrows = p.oh + p.drmax + (p.dqmax > 0 ? 1 : 0);
   const bool contiguous = a.xs[3] == 1 && a.xs[2] == a.w && a.xs[1] == a.h * a.w && (a.n == 1 || a.xs[0] == a.c * a.h * a.w);
-  p.direct = contiguous && a.stride_h == 1 && a.stride_w == 1 && a.pad_top == 0 && a.pad_bottom == 0 &&
-             a.pad_left == 0 && a.pad_right == 0 && p.dqmax == 0;
+  p.direct = contiguous && direct_geometry(a);
   if (p.direct) {
     p.wrow = a.w;
     p.hrows = a.h;

@@ -73,6 +73,7 @@ struct PoolArgs {
 struct LrnArgs {
   const float* x = nullptr;
   int64_t n = 0, c = 0, hw = 0;
+  bool channels_last = false;  // x and out (N, HW, C) in memory, else (N, C, HW); both dense
   int64_t size = 1;
   double alpha = 1e-4, beta = 0.75, k = 1.0;
   float* out = nullptr;

@@ -245,3 +245,21 @@ def test_ab_core_random_masks_at_a_density(tmp_path):
     assert ab.main([core, core, "--batch", "1", "--threads", "1", "--rounds", "1", "--density", "0.05",
                     "--shapes", "r14s2", "--json", str(out)]) == 0
     assert set(json.loads(out.read_text())["layers"]) == {"r14s2"}
+
+
+def test_channels_last_benchmark(tmp_path, capsys):
+    """benchmarks/channels_last.py: the five variants of a pruned CaffeNet, each checked against
+    the dense model before it is timed, speedups against the dense model of the same format."""
+    _require_pruned()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("channels_last", Path(__file__).parents[1] / "benchmarks" / "channels_last.py")
+    cl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cl)
+    out = tmp_path / "cl.json"
+    assert cl.main(["--model", "caffenet", "--weights", "caffenet_l1_acc56.3", "--batch", "1", "--threads", "1",
+                    "--rounds", "1", "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 5 and all(r["ms"] > 0 for r in rows.values())
+    assert rows["dense NCHW"]["speedup_over_dense_same_format"] == 1.0
+    assert "sparse channels-last, format kept" in capsys.readouterr().out

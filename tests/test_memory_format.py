@@ -117,9 +117,11 @@ def test_pool_and_lrn_strides_match_torch(layout):
 
 
 @pytest.mark.parametrize("batch", [1, 16])
-def test_channels_last_model_stays_channels_last(batch):
-    """A channels-last ResNet-50 converted by sparsify: every sparse conv (the fused residual
-    ones too) returns channels-last, as the dense convs did, and the logits match."""
+def test_channels_last_resnet_through_sparsify(batch):
+    """A channels-last ResNet-50 converted by sparsify: its sparse convs compute in NCHW
+    (keep_format=False: one conversion at conv1, none after) and the logits match; with
+    keep_format=True every sparse conv (the fused residual ones too) returns channels-last, as
+    the dense convs did, with the same logits."""
     from sparsecnn.models import resnet50
 
     torch.manual_seed(0)
@@ -132,13 +134,20 @@ def test_channels_last_model_stays_channels_last(batch):
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=CL)
     fast, rep = sparsecnn.sparsify(model, x, policy="all")
     assert any(r.residual_fused for r in rep.layers)
-    seen = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out)) for m in fast.modules()
-             if isinstance(m, SparseConv2d)]
-    with torch.no_grad():
-        y, ref = fast(x), model(x)
-    for h in hooks:
-        h.remove()
-    assert len(seen) == 53
-    assert all(suggests_channels_last(t) or min(t.shape[2:]) == 1 for t in seen)
-    assert (y - ref).abs().max() <= 1e-3 * ref.abs().max()
+    convs = [m for m in fast.modules() if isinstance(m, SparseConv2d)]
+    assert len(convs) == 53
+    for keep in (False, True):
+        seen = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out)) for m in convs]
+        for m in convs:
+            m.keep_format = keep
+        with torch.no_grad():
+            y, ref = fast(x), model(x)
+        for h in hooks:
+            h.remove()
+        assert len(seen) == 53
+        if keep:
+            assert all(suggests_channels_last(t) or min(t.shape[2:]) == 1 for t in seen)
+        else:
+            assert all(t.is_contiguous() for t in seen)
+        assert (y - ref).abs().max() <= 1e-3 * ref.abs().max()

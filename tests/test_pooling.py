@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import sparsecnn
 from sparsecnn import _core
 from sparsecnn.nn import LocalResponseNorm, MaxPool2d
+from conftest import num_threads
 
 
 @st.composite
@@ -54,19 +55,25 @@ def test_max_pool_matches_torch(cfg):
 
 @pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.5, 2.0), (4, 0.1, 1.3, 1.0),
                                                    (1, 1.0, 0.75, 1.0), (9, 1e-2, 0.75, 1.0)])
-@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (1, 1, 3, 3), (3, 16, 13, 13), (0, 4, 2, 2)])
-def test_lrn_matches_torch(size, alpha, beta, k, shape):
-    x = torch.randn(shape) * 4
-    y = LocalResponseNorm(size, alpha, beta, k)(x)
+@pytest.mark.parametrize("shape", [(2, 7, 5, 6), (1, 1, 3, 3), (3, 16, 13, 13), (0, 4, 2, 2), (2, 19, 3, 1)])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])  # two kernels in lrn.cpp
+def test_lrn_matches_torch(size, alpha, beta, k, shape, fmt):
+    x = (torch.randn(shape) * 4).contiguous(memory_format=fmt)
+    with num_threads(2):
+        y = LocalResponseNorm(size, alpha, beta, k)(x)
     ref = F.local_response_norm(x.double(), size, alpha, beta, k)
     assert y.dtype == torch.float32 and y.shape == x.shape
     if x.numel():
+        assert y.stride() == F.local_response_norm(x, size, alpha, beta, k).stride()
         assert (y.double() - ref).abs().max().item() <= 1e-5 * (1 + ref.abs().max().item())
 
 
-def test_lrn_nan_propagates_like_torch():
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_lrn_nan_propagates_like_torch(fmt):
     x = torch.randn(1, 6, 4, 4)
     x[0, 2, 1, 1] = float("nan")
+    x[0, 5, 3, 0] = float("inf")
+    x = x.contiguous(memory_format=fmt)
     y, ref = LocalResponseNorm(5)(x), F.local_response_norm(x, 5)
     assert torch.equal(y.isnan(), ref.isnan())
 

@@ -338,21 +338,25 @@ void test_pool_lrn() {
     scnn::LrnArgs a;
     a.n = pick(1, 2); a.c = pick(1, 9); a.hw = pick(1, 700); a.size = pick(1, 6);
     a.alpha = 1e-2; a.beta = it % 2 ? 0.75 : 0.6; a.k = 1.5; a.threads = 1 + it % 2;
+    a.channels_last = it % 4 >= 2;
+    if (a.channels_last && it % 8 >= 4) a.size = a.c + pick(0, 3);  // a window past every channel
     const int64_t n = a.n * a.c * a.hw;
     std::unique_ptr<float[]> x(new float[static_cast<size_t>(n)]), out(new float[static_cast<size_t>(n)]);
     for (int64_t i = 0; i < n; ++i) x[i] = U(rng);
     a.x = x.get(); a.out = out.get(); a.out_numel = n;
     scnn::local_response_norm(a);
+    // element (b, c, i) of the (N, C, HW) tensor in memory
+    auto at = [&](int64_t b, int64_t c, int64_t i) { return a.channels_last ? (b * a.hw + i) * a.c + c : (b * a.c + c) * a.hw + i; };
     for (int64_t b = 0; b < a.n; ++b)
       for (int64_t c = 0; c < a.c; ++c)
         for (int64_t i = 0; i < a.hw; ++i) {
           double s = 0;
           for (int64_t cc = std::max<int64_t>(0, c - a.size / 2); cc <= std::min(a.c - 1, c + (a.size - 1) / 2); ++cc) {
-            const double v = x[(b * a.c + cc) * a.hw + i];
+            const double v = x[at(b, cc, i)];
             s += v * v;
           }
-          const double want = x[(b * a.c + c) * a.hw + i] / std::pow(a.k + a.alpha / a.size * s, a.beta);
-          bad += std::fabs(out[(b * a.c + c) * a.hw + i] - want) > 1e-5 * (1 + std::fabs(want));
+          const double want = x[at(b, c, i)] / std::pow(a.k + a.alpha / a.size * s, a.beta);
+          bad += std::fabs(out[at(b, c, i)] - want) > 1e-5 * (1 + std::fabs(want));
         }
   }
   check(bad == 0, "random LRN");

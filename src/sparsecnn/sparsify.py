@@ -17,7 +17,9 @@
 4. replaces the chosen layers by :class:`~sparsecnn.nn.SparseConv2d` /
    :class:`~sparsecnn.nn.SparseLinear` and fuses a following ``nn.ReLU`` into the kernel's
    store when the layer's (BN-folded) output has no consumer but that ReLU module
-   (the ReLU becomes ``nn.Identity``);
+   (the ReLU becomes ``nn.Identity``); the sparse convs compute in NCHW
+   (``keep_format=False``: a channels-last model's activations turn NCHW at its first sparse
+   layer instead of paying two conversions in every one);
 5. calls ``fuse_residual()`` on every module that has one (e.g. the ResNet
    :class:`~sparsecnn.models.resnet.Bottleneck`): the block moves its residual add and final
    ReLU into its last (sparse) conv's store, which saves two passes over the block's output;
@@ -456,7 +458,8 @@ def _sparsify(model, args, policy, perf_model, threads, repeats, t_start):
 
         if row.decision == "sparse":
             fuse = relu_name is not None
-            new = (SparseConv2d.from_dense(layer, relu=fuse) if is_conv else SparseLinear.from_dense(layer, relu=fuse))
+            new = (SparseConv2d.from_dense(layer, relu=fuse, keep_format=False) if is_conv
+                   else SparseLinear.from_dense(layer, relu=fuse))
             new = new.to(device).eval()
             for p in paths[id(m)]:
                 _set_module(net, p, new)
@@ -534,7 +537,8 @@ def _decide(row: LayerDecision, layer: nn.Module, rec: list[_Call], perf: Any, p
 
         x = rec[0].inp
         fuse = relu_name is not None
-        sp = SparseConv2d.from_dense(layer, relu=fuse) if row.type == "conv" else SparseLinear.from_dense(layer, relu=fuse)
+        sp = (SparseConv2d.from_dense(layer, relu=fuse, keep_format=False) if row.type == "conv"
+              else SparseLinear.from_dense(layer, relu=fuse))
         sp = sp.to(x.device)
         with torch.inference_mode():
             dense_fn = (lambda: torch.relu(layer(x))) if fuse else (lambda: layer(x))

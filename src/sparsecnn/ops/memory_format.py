@@ -1,10 +1,11 @@
 """Which memory format an op's output takes: torch's rule, so a channels-last model stays channels-last.
 
 torch's conv2d, max_pool2d and local_response_norm return a channels-last tensor for an input
-whose strides look channels-last (``Tensor.suggest_memory_format()``), NCHW otherwise. The
-compiled core computes in NCHW; the ops copy the result into the format this module picks, in
-the real kernels and in the fake (meta) ones alike, so ``torch.compile`` sees the strides the
-kernel gives.
+whose strides look channels-last (``Tensor.suggest_memory_format()``), NCHW otherwise. The ops
+follow the same rule in their real kernels (the compiled core writes a channels-last conv or
+LRN output itself; the CUDA conv copies its NCHW result with :func:`in_format_of`) and in their
+fake (meta) ones (:func:`empty_in_format_of`), so ``torch.compile`` sees the strides the kernel
+gives.
 
 Example:
     >>> import torch
@@ -28,9 +29,9 @@ def suggests_channels_last(x: torch.Tensor) -> bool:
     out here because ``torch._prims_common.suggest_memory_format`` costs 7-80 us a call, most of
     a small layer's fixed cost at batch 1.
 
-    >>> suggests_channels_last(torch.ones(1, 3, 1, 1).to(memory_format=torch.channels_last))
+    >>> suggests_channels_last(torch.ones(2, 3, 1, 1).to(memory_format=torch.channels_last))
     True
-    >>> suggests_channels_last(torch.ones(1, 1, 4, 4).to(memory_format=torch.channels_last))
+    >>> suggests_channels_last(torch.ones(2, 3, 1, 1))  # the same memory, NCHW strides
     False
     """
     if x.dim() != 4 or x.layout != torch.strided:
