@@ -18,6 +18,12 @@ Usage::
 
 Prints the times (ms) and each sparse variant's speedup over the dense model of the same input
 format.
+
+``--layers DENSITY`` instead times single 3x3 layers (random masks at that density, channels-last
+input) with the compiled core writing an NCHW output, the same call writing channels-last (its
+transpose), and the NCHW call followed by torch's copy to channels-last::
+
+    python benchmarks/channels_last.py --layers 0.3 --batch 16
 """
 
 from __future__ import annotations
@@ -34,6 +40,45 @@ from sparsecnn.models import caffenet, resnet50
 from sparsecnn.models.pruned import apply_pruned_weights
 
 MODELS = {"resnet50": (resnet50, 224), "caffenet": (caffenet, 227)}
+#: ``--layers``: (input channels, output channels, map size) of CaffeNet conv3 and ResNet-50 layer1-4's 3x3
+LAYER_SHAPES = {"caffenet.conv3": (256, 384, 13), "resnet50.layer1": (64, 64, 56), "resnet50.layer2": (128, 128, 28),
+                "resnet50.layer3": (256, 256, 14), "resnet50.layer4": (512, 512, 7)}
+
+
+def layer_rows(density: float, batch: int, rounds: int) -> list[dict]:
+    """Per 3x3 shape: the core with an NCHW output, with a channels-last output, and NCHW plus
+    torch's copy, all on the same channels-last input, calls interleaved (ms, medians)."""
+    from sparsecnn import _core
+    from sparsecnn.ops.conv import _dl
+
+    rows = []
+    for name, (cin, cout, hw) in LAYER_SHAPES.items():
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(cout, cin, 3, 3, generator=g) * (torch.rand(cout, cin, 3, 3, generator=g) < density)
+        sw = sparsecnn.SparseWeight.from_dense(w)
+        x = torch.randn(batch, cin, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+        out_n = torch.empty(batch, cout, hw, hw)
+        out_c = torch.empty(batch, cout, hw, hw, memory_format=torch.channels_last)
+
+        def core(out):
+            _core.conv2d(_dl(x), _dl(sw.values), _dl(sw.col_idx), _dl(sw.row_ptr), None, _dl(out), cout, cin, 3, 3,
+                         1, [1, 1], [1, 1, 1, 1], [1, 1], False, torch.get_num_threads(), None)
+
+        cases = {"nchw_out": lambda: core(out_n), "channels_last_out": lambda: core(out_c),
+                 "nchw_out_then_torch_copy": lambda: (core(out_n), out_c.copy_(out_n))}
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        core(out_n)
+        core(out_c)
+        assert torch.allclose(out_c, out_n, atol=1e-4, rtol=1e-4)
+        for r in range(rounds):
+            for k in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+                cases[k]()
+                t0 = time.perf_counter()
+                cases[k]()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        rows.append({"layer": name, **med})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--layers", type=float, metavar="DENSITY", help="time single 3x3 layers at this density instead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.layers is not None:
+        rows = layer_rows(args.layers, args.batch, args.rounds)
+        print(f"3x3 layers, density {args.layers}, batch {args.batch}, {args.threads} threads, channels-last input, "
+              f"medians of {args.rounds} (ms)")
+        print(f"{'layer':18s} {'NCHW out':>9s} {'CL out':>9s} {'NCHW+copy':>10s}  CL out / NCHW out, NCHW+copy / NCHW out")
+        for r in rows:
+            a, b, c = r["nchw_out"], r["channels_last_out"], r["nchw_out_then_torch_copy"]
+            print(f"{r['layer']:18s} {a:9.3f} {b:9.3f} {c:10.3f}  {b / a:.3f}, {c / a:.3f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"density": args.layers, "batch": args.batch, "threads": args.threads,
+                           "rounds": args.rounds, "layers": rows}, f, indent=1)
+        return 0
     build, size = MODELS[args.model]
     dense = build().eval()
     apply_pruned_weights(dense, args.weights)

@@ -55,6 +55,10 @@ for m in "resnet50 resnet50_dlmc_magnitude_pruning_0.9 1" "resnet50 resnet50_dlm
   step $OUT/channels_last_$1_b$3.txt "$PY" benchmarks/channels_last.py --model $1 --weights $2 --batch $3 \
     --json $OUT/channels_last_$1_b$3.json
 done
+for b in 1 16; do
+  step $OUT/channels_last_layers_b$b.txt "$PY" benchmarks/channels_last.py --layers 0.3 --batch $b --rounds 15 \
+    --json $OUT/channels_last_layers_b$b.json
+done
 run "$PY" benchmarks/file_size.py > $OUT/file_size.txt
 step $OUT/perf_caffenet_b1.txt "$PY" -m sparsecnn.cli model caffenet --batch 1 --recalibrate --threads 2
 # exit status 1 = the validation bar is not met; the report is written either way

@@ -263,3 +263,18 @@ def test_channels_last_benchmark(tmp_path, capsys):
     assert len(rows) == 5 and all(r["ms"] > 0 for r in rows.values())
     assert rows["dense NCHW"]["speedup_over_dense_same_format"] == 1.0
     assert "sparse channels-last, format kept" in capsys.readouterr().out
+
+
+def test_channels_last_layer_costs(tmp_path):
+    """benchmarks/channels_last.py --layers: the core's NCHW and channels-last outputs agree
+    before they are timed, on every shape."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("channels_last", Path(__file__).parents[1] / "benchmarks" / "channels_last.py")
+    cl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cl)
+    out = tmp_path / "layers.json"
+    assert cl.main(["--layers", "0.02", "--batch", "1", "--threads", "1", "--rounds", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["layers"]
+    assert [r["layer"] for r in rows] == list(cl.LAYER_SHAPES)
+    assert all(r["nchw_out"] > 0 and r["channels_last_out"] > 0 for r in rows)
