@@ -84,7 +84,7 @@ const float* bias_ptr(const std::optional<Arr>& bias, int64_t n) {
 }
 
 // Whether a's strides are those of a dense tensor whose dimensions lie in memory in the order
-// dims (outermost first); dimensions of size 1 may have any stride.
+// dims (outermost first; all of a's dimensions); dimensions of size 1 may have any stride.
 template <class A>
 bool dense_in_order(const A& a, std::initializer_list<int> dims) {
   int64_t expect = 1;
@@ -95,24 +95,25 @@ bool dense_in_order(const A& a, std::initializer_list<int> dims) {
   return true;
 }
 
+// Row-major contiguous (dimensions of size 1 may have any stride); a is 2-D or 4-D.
+template <class A>
+bool contiguous(const A& a) {
+  return a.ndim() == 2 ? dense_in_order(a, {0, 1}) : dense_in_order(a, {0, 1, 2, 3});
+}
+
 void check_out(const OutArr& out, int64_t ndim) {
   check_cpu(out, "out");
   check_dtype(out, nb::dtype<float>(), "out", "float32");
   if (static_cast<int64_t>(out.ndim()) != ndim)
     throw std::invalid_argument("out: expected " + std::to_string(ndim) + "-D");
-  int64_t expect = 1;
-  for (int64_t d = ndim - 1; d >= 0; --d) {
-    if (out.shape(d) > 1 && out.stride(d) != expect)
-      throw std::invalid_argument("out: must be contiguous");
-    expect *= static_cast<int64_t>(out.shape(d));
-  }
+  if (!contiguous(out)) throw std::invalid_argument("out: must be contiguous");
 }
 
 // A conv's (N, C, H, W) output or residual: NCHW-contiguous (false) or channels-last (true).
 // Where both fit (a size-1 channel or pixel count) the two are the same memory: NCHW.
 template <class A>
 bool conv_out_format(const A& a, const char* name) {
-  if (dense_in_order(a, {0, 1, 2, 3})) return false;
+  if (contiguous(a)) return false;
   if (dense_in_order(a, {0, 2, 3, 1})) return true;
   throw std::invalid_argument(std::string(name) + ": must be contiguous, NCHW or channels-last");
 }
@@ -215,12 +216,7 @@ void check_input_contig(const Arr& x, int64_t ndim, const char* what) {
     throw std::invalid_argument(std::string(what) + ": expected a " + std::to_string(ndim) + "-D input, got " +
                                 std::to_string(x.ndim()) + "-D");
   if (x.size() == 0) return;  // an empty tensor has no layout to check
-  int64_t expect = 1;
-  for (int64_t d = ndim - 1; d >= 0; --d) {
-    if (x.shape(d) > 1 && x.stride(d) != expect)
-      throw std::invalid_argument(std::string(what) + ": input must be contiguous");
-    expect *= static_cast<int64_t>(x.shape(d));
-  }
+  if (!contiguous(x)) throw std::invalid_argument(std::string(what) + ": input must be contiguous");
 }
 
 void max_pool2d(const Arr& x, OutArr& out, std::vector<int64_t> kernel, std::vector<int64_t> stride,

@@ -458,9 +458,7 @@ def _sparsify(model, args, policy, perf_model, threads, repeats, t_start):
 
         if row.decision == "sparse":
             fuse = relu_name is not None
-            new = (SparseConv2d.from_dense(layer, relu=fuse, keep_format=False) if is_conv
-                   else SparseLinear.from_dense(layer, relu=fuse))
-            new = new.to(device).eval()
+            new = _sparse_module(layer, fuse).to(device).eval()
             for p in paths[id(m)]:
                 _set_module(net, p, new)
             if fuse:
@@ -503,6 +501,13 @@ def _layer_batch(row: LayerDecision) -> int:
     return int(row.input_shape[0]) if len(row.input_shape) == 4 else 1
 
 
+def _sparse_module(layer: nn.Module, relu: bool) -> SparseConv2d | SparseLinear:
+    """The sparse replacement of a ``Conv2d`` / ``Linear``; convs compute in NCHW (``keep_format=False``)."""
+    if isinstance(layer, nn.Conv2d):
+        return SparseConv2d.from_dense(layer, relu=relu, keep_format=False)
+    return SparseLinear.from_dense(layer, relu=relu)
+
+
 def _decide(row: LayerDecision, layer: nn.Module, rec: list[_Call], perf: Any, policy: str, cuda: bool,
             repeats: int, relu_name: str | None, batch: int) -> None:
     reason = ""
@@ -537,9 +542,7 @@ def _decide(row: LayerDecision, layer: nn.Module, rec: list[_Call], perf: Any, p
 
         x = rec[0].inp
         fuse = relu_name is not None
-        sp = (SparseConv2d.from_dense(layer, relu=fuse, keep_format=False) if row.type == "conv"
-              else SparseLinear.from_dense(layer, relu=fuse))
-        sp = sp.to(x.device)
+        sp = _sparse_module(layer, fuse).to(x.device)
         with torch.inference_mode():
             dense_fn = (lambda: torch.relu(layer(x))) if fuse else (lambda: layer(x))
             row.meas_dense_s, row.meas_sparse_s = interleaved_medians(

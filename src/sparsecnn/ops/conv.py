@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from sparsecnn import _core
-from sparsecnn.ops.memory_format import empty_in_format_of, in_format_of, suggests_channels_last
+from sparsecnn.ops.memory_format import empty_in_format_of, in_format_of, memory_format_of
 
 __all__ = [
     "call_sparse_conv2d",
@@ -146,11 +146,10 @@ def _dl(t: torch.Tensor | None) -> object:
     return None if t is None else _to_dlpack(t)
 
 
-def _alloc(shape: tuple[int, ...], what: str, channels_last: bool = False) -> torch.Tensor:
+def _alloc(shape: tuple[int, ...], what: str,
+           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     try:
-        if channels_last:
-            return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-        return torch.empty(shape, dtype=torch.float32)
+        return torch.empty(shape, dtype=torch.float32, memory_format=memory_format)
     except RuntimeError as e:  # torch reports allocation failure as RuntimeError
         raise MemoryError(f"{what}: cannot allocate the output of shape {tuple(shape)}: {e}") from None
 
@@ -193,8 +192,8 @@ def _sparse_conv2d_cpu(
     _check_residual(residual, x, (x.shape[0], o, oh, ow))
     # The output takes torch's memory format for x; the core writes channels-last itself
     # (and reads a residual in the output's format in place).
-    fmt = torch.channels_last if suggests_channels_last(x) else torch.contiguous_format
-    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d", fmt is torch.channels_last)
+    fmt = memory_format_of(x)
+    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d", fmt)
     # Even an empty batch goes to the core: it validates the weight and bias first.
     _core.conv2d(
         _dl(x.detach()), _dl(values.detach()), _dl(col_idx), _dl(row_ptr),

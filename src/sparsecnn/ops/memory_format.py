@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["empty_in_format_of", "in_format_of", "suggests_channels_last"]
+__all__ = ["empty_in_format_of", "in_format_of", "memory_format_of", "suggests_channels_last"]
 
 
 def suggests_channels_last(x: torch.Tensor) -> bool:
@@ -49,6 +49,15 @@ def suggests_channels_last(x: torch.Tensor) -> bool:
     return True
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format torch's conv2d / max_pool2d / LRN output takes for input ``x``.
+
+    >>> memory_format_of(torch.ones(1, 2, 3, 3).to(memory_format=torch.channels_last))
+    torch.channels_last
+    """
+    return torch.channels_last if suggests_channels_last(x) else torch.contiguous_format
+
+
 def in_format_of(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` (computed NCHW) in the memory format torch's own op would give for input ``x``.
 
@@ -72,5 +81,4 @@ def empty_in_format_of(x: torch.Tensor, shape: tuple) -> torch.Tensor:
     >>> empty_in_format_of(torch.ones(1, 2, 3, 3), (1, 4, 3, 3)).is_contiguous()
     True
     """
-    fmt = torch.channels_last if suggests_channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from sparsecnn import _core
 from sparsecnn.ops.conv import _alloc, _dl, eager_cpu_call
-from sparsecnn.ops.memory_format import empty_in_format_of, suggests_channels_last
+from sparsecnn.ops.memory_format import empty_in_format_of, memory_format_of, suggests_channels_last
 
 __all__ = ["call_local_response_norm", "call_max_pool2d", "local_response_norm_op", "max_pool2d_op"]
 
@@ -105,9 +105,8 @@ def call_max_pool2d(x: torch.Tensor, kernel: list[int], stride: list[int], paddi
 
 def _lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     _check(x, "local_response_norm")
-    cl = suggests_channels_last(x)  # the core normalises either format in place of its layout
-    out = _alloc(tuple(x.shape), "local_response_norm", cl)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    fmt = memory_format_of(x)  # the core normalises either format in place of its layout
+    out = _alloc(tuple(x.shape), "local_response_norm", fmt)
     _core.local_response_norm(_dl(x.detach().contiguous(memory_format=fmt)), _dl(out), int(size), float(alpha),
                               float(beta), float(k), torch.get_num_threads())
     return out
