@@ -45,28 +45,64 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh
 
 // The format has strictly ascending columns within a row (SparseWeight.from_dense writes them
 // so, and rows then read the input in address order); duplicates or disorder mean a corrupted
-// or foreign weight, so they are refused rather than summed. One branch-free pass that the
-// compiler vectorises: this runs on every call, so it must cost next to nothing.
+// or foreign weight, so they are refused rather than summed. One branch-free pass per row that
+// the compiler vectorises. Returns the first bad row of [r0, r1), or -1.
 template <class Idx>
-void check_columns(const Csr& m, const Idx* c, int64_t cols, const std::string& w) {
-  for (int64_t r = 0; r < m.rows; ++r) {
+int64_t first_bad_row(const Csr& m, const Idx* c, int64_t cols, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
     const int64_t j0 = m.row_ptr[r], j1 = m.row_ptr[r + 1];
     if (j0 == j1) continue;
     const Idx* p = c + j0;
     const int64_t n = j1 - j0;
     unsigned bad = 0;
     for (int64_t j = 1; j < n; ++j) bad |= static_cast<unsigned>(!(p[j - 1] < p[j]));
-    if (bad)
-      fail(w + ": column indices must be strictly increasing within each row (row " + std::to_string(r) + ")");
     // Ascending, so the first and last columns bound the row.
-    const int64_t lo = static_cast<int64_t>(p[0]), hi = static_cast<int64_t>(p[n - 1]);
-    if (lo < 0 || hi >= cols)
-      fail(w + ": column index " + std::to_string(lo < 0 ? lo : hi) + " out of range in row " + std::to_string(r) +
-           " (columns: " + std::to_string(cols) + ")");
+    if (bad || static_cast<int64_t>(p[0]) < 0 || static_cast<int64_t>(p[n - 1]) >= cols) return r;
   }
+  return -1;
 }
 
-void validate_csr(const Csr& m, int64_t cols, const char* what) {
+template <class Idx>
+[[noreturn]] void fail_row(const Csr& m, const Idx* c, int64_t cols, int64_t r, const std::string& w) {
+  const Idx* p = c + m.row_ptr[r];
+  const int64_t n = m.row_ptr[r + 1] - m.row_ptr[r];
+  for (int64_t j = 1; j < n; ++j)
+    if (!(p[j - 1] < p[j]))
+      fail(w + ": column indices must be strictly increasing within each row (row " + std::to_string(r) + ")");
+  const int64_t lo = static_cast<int64_t>(p[0]), hi = static_cast<int64_t>(p[n - 1]);
+  fail(w + ": column index " + std::to_string(lo < 0 ? lo : hi) + " out of range in row " + std::to_string(r) +
+       " (columns: " + std::to_string(cols) + ")");
+}
+
+// The column check runs on every call and reads every column index once (4 B a nonzero per
+// int32 column, 2 per int16): 45 us for ResNet-50-sized 3x3 weights at density 0.3 (265K
+// nonzeros), 118 us for layer4's (707K), on one core of a Zen 3, while the other waited. From
+// kParallelCheckNnz nonzeros the rows are split over the threads, balanced by nonzeros; the
+// error still names the first bad row.
+constexpr int64_t kParallelCheckNnz = int64_t(1) << 16;
+
+template <class Idx>
+void check_columns(const Csr& m, const Idx* c, int64_t cols, const std::string& w, int threads) {
+  int64_t bad = -1;
+  if (threads > 1 && m.nnz >= kParallelCheckNnz && m.rows >= threads) {
+    std::vector<int64_t> first(static_cast<size_t>(threads) * 8, -1);  // one cache line per task
+    parallel_for(threads, threads, [&](int64_t t) {
+      // rows whose first nonzero falls in the task's share of the nonzeros
+      auto row_at = [&](int64_t k) {
+        const int64_t target = m.nnz * k / threads;
+        return static_cast<int64_t>(std::lower_bound(m.row_ptr, m.row_ptr + m.rows, target) - m.row_ptr);
+      };
+      const int64_t r0 = t == 0 ? 0 : row_at(t), r1 = t + 1 == threads ? m.rows : row_at(t + 1);
+      first[static_cast<size_t>(t) * 8] = first_bad_row(m, c, cols, r0, r1);
+    });
+    for (int t = 0; t < threads && bad < 0; ++t) bad = first[static_cast<size_t>(t) * 8];
+  } else {
+    bad = first_bad_row(m, c, cols, 0, m.rows);
+  }
+  if (bad >= 0) fail_row(m, c, cols, bad, w);
+}
+
+void validate_csr(const Csr& m, int64_t cols, const char* what, int threads) {
   const std::string w(what);
   if (m.rows < 0 || m.nnz < 0) fail(w + ": negative CSR size");
   if (!m.row_ptr) fail(w + ": row_ptr is missing");
@@ -79,9 +115,9 @@ void validate_csr(const Csr& m, int64_t cols, const char* what) {
          std::to_string(m.nnz) + ")");
   if (m.col16) {
     if (cols > 65536) fail(w + ": 16-bit column indices cannot address " + std::to_string(cols) + " columns");
-    check_columns(m, static_cast<const uint16_t*>(m.col), cols, w);
+    check_columns(m, static_cast<const uint16_t*>(m.col), cols, w, threads);
   } else {
-    check_columns(m, static_cast<const int32_t*>(m.col), cols, w);
+    check_columns(m, static_cast<const int32_t*>(m.col), cols, w, threads);
   }
 }
 
@@ -419,7 +455,7 @@ void sparse_conv2d(const Conv2dArgs& a) {
   const int64_t K = checked_mul(a.kh, a.kw, "kernel size");
   const int64_t cols = checked_mul(a.cin_per_group, K, "weight columns");
   if (cols > std::numeric_limits<int32_t>::max()) throw std::overflow_error("sparse_conv2d: too many weight columns");
-  validate_csr(a.weight, cols, "sparse_conv2d weight");
+  validate_csr(a.weight, cols, "sparse_conv2d weight", a.threads);
   const int64_t out_needed = checked_mul(checked_mul(checked_mul(a.n, a.out_channels, "output"), oh, "output"), ow, "output");
   if (a.out_numel != out_needed) fail("sparse_conv2d: output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(out_needed));
   if (a.residual && a.residual_numel != out_needed)

@@ -98,9 +98,9 @@ int64_t pixels_chunk_setting() {
 // nonzero loop early; it pays where an output channel has this many nonzeros per chunk.
 constexpr double kChunkNnz = 40.0;
 
-// Row mode with a layout per thread: output channels per claim (about; at least one claim per
-// thread and group).
-constexpr int64_t kClaimChannels = 24;
+// Row mode with a layout per thread: output channels per item of the claim pool (about; at
+// least one item per thread and group). Claims take many items while many are left.
+constexpr int64_t kClaimChannels = 4;
 
 }  // namespace
 
@@ -418,11 +418,13 @@ bool run_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, int64_t 
       float* dst = buffer();
       bad[th * 8] = layout(dst, 0, a.n, 0, a.c);
       for (int64_t unit = 0; unit < units; ++unit)
-        for (int64_t i; (i = pool[unit].claim(th % 2 == 0)) >= 0;) {
-          const int64_t g = i / parts, rp = i % parts;
-          const int64_t r0 = bounds[g * (parts + 1) + rp], r1 = bounds[g * (parts + 1) + rp + 1];
-          if (r0 < r1) run_tile(dst, unit / nchunks * nb, 0, g, unit % nchunks, r0, r1);
-        }
+        for (int64_t i0, i1; pool[unit].claim_guided(th % 2 == 0, &i0, &i1);)
+          for (int64_t i = i0; i < i1;) {  // one run per group the claim covers
+            const int64_t g = i / parts, rp0 = i % parts, rp1 = std::min(parts, rp0 + (i1 - i));
+            const int64_t r0 = bounds[g * (parts + 1) + rp0], r1 = bounds[g * (parts + 1) + rp1];
+            if (r0 < r1) run_tile(dst, unit / nchunks * nb, 0, g, unit % nchunks, r0, r1);
+            i += rp1 - rp0;
+          }
     });
     for (int64_t t = 0; t < threads; ++t) nonfinite |= bad[t * 8] != 0;
   } else {

@@ -19,7 +19,7 @@ void sparse_linear(const LinearArgs& a) {
   if (a.out_features < 1) fail("out_features must be positive");
   if (a.xs[0] < 0 || a.xs[1] < 0) fail("negative input strides are not supported");
   if (a.weight.rows != a.out_features) fail("weight row count != out_features");
-  validate_csr(a.weight, a.in_features, "sparse_linear weight");
+  validate_csr(a.weight, a.in_features, "sparse_linear weight", a.threads);
   int64_t need;
   if (__builtin_mul_overflow(a.n, a.out_features, &need)) throw std::overflow_error("sparse_linear: output too large");
   if (a.out_numel != need)

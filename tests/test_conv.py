@@ -1036,6 +1036,43 @@ def test_corrupted_csr_raw_op_raises(case):
         torch.ops.sparsecnn.sparse_conv2d(x, v, c, rp, [3, 1, 2, 2], None, [2, 1], [1, 0, 1, 1], [1, 1], 1, True)
 
 
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_corrupted_csr_large_weight_names_first_bad_row(dtype, threads):
+    """From 65536 nonzeros the column check is split over the threads; every thread's share is
+    checked and the error names the first bad row whichever thread found it."""
+    o, cg = 64, 128  # 64 x 1152 columns, dense: 73728 nonzeros
+    w = torch.randn(o, cg, 3, 3)
+    sw = SparseWeight.from_dense(w)
+    assert sw.nnz >= 65536
+    rp = sw.row_ptr
+    x = torch.randn(1, cg, 5, 5)
+
+    def call(col):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return torch.ops.sparsecnn.sparse_conv2d(x, sw.values, col, rp, [o, cg, 3, 3], None, [1, 1], [1, 1, 1, 1],
+                                                     [1, 1], 1, False)
+        finally:
+            torch.set_num_threads(old)
+
+    base = sw.col_idx.to(dtype)
+    torch.testing.assert_close(call(base), F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    for bad_rows, kind in (([60], "range"), ([40, 7], "range"), ([63], "order"), ([50, 20], "order")):
+        col = base.clone()
+        for r in bad_rows:
+            j = int(rp[r])
+            if kind == "range":
+                col[int(rp[r + 1]) - 1] = cg * 9  # one past the last column
+            else:
+                col[j], col[j + 1] = col[j + 1].clone(), col[j].clone()
+        msg = "out of range in row" if kind == "range" else "strictly increasing"
+        with pytest.raises(ValueError, match=rf"{msg}.*\(row {min(bad_rows)}\)" if kind == "order"
+                           else rf"{msg} {min(bad_rows)} "):
+            call(col)
+
+
 @pytest.mark.parametrize("case", ["row_ptr_not_monotone", "row_ptr_start", "row_ptr_end", "col_out_of_range", "col_negative32", "col_big16"])
 def test_corrupted_csr_constructor_raises(case):
     v, c, rp, _ = CORRUPT[case]
