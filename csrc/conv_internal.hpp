@@ -117,33 +117,31 @@ struct RowSplit {
   }
 };
 
-// A range of work items [0, n) that threads claim one at a time from either end: one from the
-// first item up, another from the last down, until they meet, so the thread that runs ahead
-// (its vCPU less busy) takes more instead of waiting for the other at the end, while each
-// keeps to its own end (the weights of its rows stay in its cache).
+// A range of work items [0, n) that threads claim from either end (an item or a guided run):
+// one from the first item up, another from the last down, until they meet, so the thread that
+// runs ahead (its vCPU less busy) takes more instead of waiting for the other at the end, while
+// each keeps to its own end (the weights of its rows stay in its cache).
 struct alignas(64) TwoEndedPool {
   std::atomic<uint64_t> range{0};  // next item from the front (low 32 bits), one past the back (high)
   void reset(int64_t n) { range.store(static_cast<uint64_t>(n) << 32, std::memory_order_relaxed); }
   // The next item from the front or the back; -1 when none is left.
   int64_t claim(bool front) {
-    uint64_t r = range.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t lo = r & 0xffffffffu, hi = r >> 32;
-      if (lo >= hi) return -1;
-      const uint64_t next = front ? ((hi << 32) | (lo + 1)) : (((hi - 1) << 32) | lo);
-      if (range.compare_exchange_weak(r, next, std::memory_order_relaxed)) return static_cast<int64_t>(front ? lo : hi - 1);
-    }
+    int64_t b, e;
+    return take(front, false, &b, &e) ? b : -1;
   }
   // Items [*b, *e): a quarter of what is left (at least one) from the front or the back, so
   // claims are large while much is left and single items where the two ends meet ("guided"):
   // few claims (each one a cache line moving between the cores) and a small wait at the end.
   // False when none is left.
-  bool claim_guided(bool front, int64_t* b, int64_t* e) {
+  bool claim_guided(bool front, int64_t* b, int64_t* e) { return take(front, true, b, e); }
+
+ private:
+  bool take(bool front, bool guided, int64_t* b, int64_t* e) {
     uint64_t r = range.load(std::memory_order_relaxed);
     for (;;) {
       const uint64_t lo = r & 0xffffffffu, hi = r >> 32;
       if (lo >= hi) return false;
-      const uint64_t k = (hi - lo) / 4 > 1 ? (hi - lo) / 4 : 1;
+      const uint64_t k = guided && (hi - lo) / 4 > 1 ? (hi - lo) / 4 : 1;
       const uint64_t next = front ? ((hi << 32) | (lo + k)) : (((hi - k) << 32) | lo);
       if (range.compare_exchange_weak(r, next, std::memory_order_relaxed)) {
         *b = static_cast<int64_t>(front ? lo : hi - k);

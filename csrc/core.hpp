@@ -127,7 +127,7 @@ void max_pool2d(const PoolArgs& a);
 void local_response_norm(const LrnArgs& a);
 // Validates a CSR matrix with `cols` columns (row_ptr monotone, 0..nnz, columns ascending and in
 // range), on up to `threads` threads.
-void validate_csr(const Csr& m, int64_t cols, const char* what, int threads = 1);
+void validate_csr(const Csr& m, int64_t cols, const char* what, int threads);
 
 // STREAM-style kernels for the machine probe (a = b + s*c, dst = src), multithreaded.
 void stream_triad(float* a, const float* b, const float* c, float s, int64_t n, int threads);
