@@ -109,6 +109,21 @@ void check_out(const OutArr& out, int64_t ndim) {
   if (!contiguous(out)) throw std::invalid_argument("out: must be contiguous");
 }
 
+// The output's shape must be the one the call computes, not just as many elements: a buffer of
+// another shape would take the right numbers in the wrong places.
+void check_out_shape(const OutArr& out, std::initializer_list<int64_t> want, const char* what) {
+  bool same = static_cast<size_t>(out.ndim()) == want.size();
+  std::string got = "(", expected = "(";
+  size_t d = 0;
+  for (const int64_t v : want) {
+    if (same && static_cast<int64_t>(out.shape(d)) != v) same = false;
+    expected += (d ? ", " : "") + std::to_string(v);
+    ++d;
+  }
+  for (size_t i = 0; i < out.ndim(); ++i) got += (i ? ", " : "") + std::to_string(out.shape(i));
+  if (!same) throw std::invalid_argument(std::string(what) + ": out has shape " + got + "), expected " + expected + ")");
+}
+
 // A conv's (N, C, H, W) output or residual: NCHW-contiguous (false) or channels-last (true).
 // Where both fit (a size-1 channel or pixel count) the two are the same memory: NCHW.
 template <class A>
@@ -134,6 +149,10 @@ void conv2d(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
   check_cpu(out, "out");
   check_dtype(out, nb::dtype<float>(), "out", "float32");
   if (out.ndim() != 4) throw std::invalid_argument("out: expected 4-D");
+  int64_t oh, ow;  // (throws for a kernel, stride, padding or dilation out of range)
+  scnn::conv2d_output_size(x.shape(2), x.shape(3), kh, kw, stride[0], stride[1], padding[0], padding[1], padding[2],
+                           padding[3], dilation[0], dilation[1], &oh, &ow);
+  check_out_shape(out, {static_cast<int64_t>(x.shape(0)), out_channels, oh, ow}, "sparse_conv2d");
   scnn::Conv2dArgs a;
   a.out_cl = conv_out_format(out, "out");
   a.x = static_cast<const float*>(x.data());
@@ -189,6 +208,7 @@ void linear(const Arr& x, const Arr& values, const Arr& col, const Arr& row_ptr,
     throw std::invalid_argument("input: expected a 2-D (N, in_features) tensor, got " +
                                 std::to_string(x.ndim()) + "-D");
   check_out(out, 2);
+  check_out_shape(out, {static_cast<int64_t>(x.shape(0)), out_features}, "sparse_linear");
   scnn::LinearArgs a;
   a.x = static_cast<const float*>(x.data());
   a.n = x.shape(0);
@@ -225,6 +245,10 @@ void max_pool2d(const Arr& x, OutArr& out, std::vector<int64_t> kernel, std::vec
   check_out(out, 4);
   if (kernel.size() != 2 || stride.size() != 2 || padding.size() != 2)
     throw std::invalid_argument("max_pool2d: kernel, stride and padding need 2 values each");
+  int64_t oh, ow;  // (throws for a kernel, stride or padding out of range)
+  scnn::pool_output_size(x.shape(2), kernel[0], stride[0], padding[0], ceil_mode, &oh);
+  scnn::pool_output_size(x.shape(3), kernel[1], stride[1], padding[1], ceil_mode, &ow);
+  check_out_shape(out, {static_cast<int64_t>(x.shape(0)), static_cast<int64_t>(x.shape(1)), oh, ow}, "max_pool2d");
   scnn::PoolArgs a;
   a.x = static_cast<const float*>(x.data());
   a.n = x.shape(0); a.c = x.shape(1); a.h = x.shape(2); a.w = x.shape(3);

@@ -974,6 +974,24 @@ def test_error_residual_raw_core(sw33):
         _core.conv2d(*(args[:5] + (torch.empty(1, 5, 5, 4).permute(0, 3, 2, 1),) + args[6:]))
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 5, 4), (4, 1, 5, 5), (1, 4, 25, 1), (1, 100, 1, 1)])
+def test_error_out_shape_raw_core(sw33, shape):
+    """An output with as many elements as the call's but another shape is refused, not filled
+    in the wrong order; likewise for linear's and max-pooling's outputs."""
+    from sparsecnn import _core
+
+    x = torch.randn(1, 2, 7, 7)
+    args = (x, sw33.values, sw33.col_idx, sw33.row_ptr, None)
+    rest = (4, 2, 3, 3, 1, [1, 1], [0, 0, 0, 0], [1, 1], False, 1)
+    with pytest.raises(ValueError, match=r"sparse_conv2d: out has shape .*expected \(1, 4, 5, 5\)"):
+        _core.conv2d(*args, torch.empty(shape), *rest)
+    lw = SparseWeight.from_dense(torch.randn(5, 6))
+    with pytest.raises(ValueError, match=r"sparse_linear: out has shape \(5, 4\), expected \(4, 5\)"):
+        _core.linear(torch.randn(4, 6), lw.values, lw.col_idx, lw.row_ptr, None, torch.empty(5, 4), 5, False, 1)
+    with pytest.raises(ValueError, match=r"max_pool2d: out has shape \(1, 2, 3, 2\), expected \(1, 2, 2, 3\)"):
+        _core.max_pool2d(torch.randn(1, 2, 4, 6), torch.empty(1, 2, 3, 2), [2, 2], [2, 2], [0, 0], False, 1)
+
+
 @pytest.mark.parametrize("weight", [torch.ones(4, 2, 3, 3), None, "w"])
 def test_error_weight_not_sparse(weight):
     with pytest.raises(TypeError, match="SparseWeight"):

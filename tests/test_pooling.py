@@ -92,7 +92,7 @@ def test_other_dtypes_and_dilation_fall_back_to_torch():
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [0, 1], [0, 0], False, 1), "positive"),
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [1, 1], [2, 0], False, 1), "padding"),
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 2, 5), o, [3, 3], [1, 1], [0, 0], False, 1), "smaller than the kernel"),
-    (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [1, 1], [0, 0], False, 1), "output buffer"),
+    (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [1, 1], [0, 0], False, 1), "out has shape"),
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 10, 5)[:, :, ::2], o, [3, 3], [1, 1], [0, 0], False, 1), "contiguous"),
     (lambda o: _core.max_pool2d(torch.randn(2, 5, 5), o, [3, 3], [1, 1], [0, 0], False, 1), "4-D"),
     (lambda o: _core.local_response_norm(torch.randn(1, 2, 5, 5), torch.empty(1, 2, 5, 4), 3, 1e-4, 0.75, 1.0, 1), "shape"),
