@@ -31,9 +31,12 @@ void pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mod
   if (in < 1) fail("input height and width must be positive");
   if (in > (int64_t(1) << 40) || k > (int64_t(1) << 40) || s > (int64_t(1) << 40))
     throw std::overflow_error("max_pool2d: a size is too large");
-  const int64_t span = in + 2 * p - k;
-  if (span < 0) fail("the (padded) input is smaller than the kernel");
-  int64_t o = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+  // As torch: floor (ceil_mode: ceil) of (in + 2p - k) / s, plus one. With ceil_mode the last
+  // window may reach past the input, even a kernel wider than the padded input (its columns
+  // beyond count as -inf).
+  const int64_t span = in + 2 * p - k, num = ceil_mode ? span + s - 1 : span;
+  if (num < 0) fail("the (padded) input is smaller than the kernel");
+  int64_t o = num / s + 1;
   // As torch: the last window must start inside the input or its left padding.
   if (ceil_mode && (o - 1) * s >= in + p) --o;
   *out = o;

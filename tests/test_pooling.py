@@ -23,7 +23,8 @@ def pool_configs(draw):
         stride=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         padding=(draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))),
         ceil_mode=draw(st.booleans()),
-        h=kh + draw(st.integers(0, 14)), w=kw + draw(st.integers(0, 30)),
+        # from 1: ceil_mode lets a window reach past the input, even a kernel wider than it
+        h=draw(st.integers(1, kh + 14)), w=draw(st.integers(1, kw + 30)),
         layout=draw(st.sampled_from(["contiguous", "channels_last", "sliced"])),
         nan=draw(st.booleans()), threads=draw(st.sampled_from([1, 2])), seed=draw(st.integers(0, 2**31 - 1)),
     )
@@ -41,13 +42,18 @@ def test_max_pool_matches_torch(cfg):
     if cfg["nan"] and x.numel():
         x[tuple(int(torch.randint(s, (1,), generator=gen)) for s in x.shape)] = float("nan")
     m = MaxPool2d(cfg["kernel"], cfg["stride"], cfg["padding"], ceil_mode=cfg["ceil_mode"])
+    try:
+        ref = F.max_pool2d(x, cfg["kernel"], cfg["stride"], cfg["padding"], ceil_mode=cfg["ceil_mode"])
+    except RuntimeError:  # torch refuses (no window fits): so must we (channels-last runs torch's kernel)
+        with pytest.raises((ValueError, RuntimeError), match="smaller than the kernel|too small"):
+            m(x)
+        return
     old = torch.get_num_threads()
     torch.set_num_threads(cfg["threads"])
     try:
         y = m(x)
     finally:
         torch.set_num_threads(old)
-    ref = F.max_pool2d(x, cfg["kernel"], cfg["stride"], cfg["padding"], ceil_mode=cfg["ceil_mode"])
     assert y.shape == ref.shape and y.stride() == ref.stride()
     assert torch.equal(y.isnan(), ref.isnan())
     assert torch.equal(y.nan_to_num(0.0), ref.nan_to_num(0.0))
@@ -86,6 +92,14 @@ def test_other_dtypes_and_dilation_fall_back_to_torch():
     y, idx = MaxPool2d(2, return_indices=True)(x32)
     assert idx.dtype == torch.int64
     assert torch.allclose(LocalResponseNorm(3)(x), F.local_response_norm(x, 3))
+
+
+def test_max_pool_kernel_wider_than_input_ceil_mode():
+    """ceil_mode: a kernel wider than the padded input still has its one window (as in torch)."""
+    x = torch.randn(2, 2, 3, 2)
+    ref = F.max_pool2d(x, [4, 3], [1, 2], [1, 0], ceil_mode=True)
+    assert ref.shape == (2, 2, 2, 1)
+    assert torch.equal(MaxPool2d([4, 3], [1, 2], [1, 0], ceil_mode=True)(x), ref)
 
 
 @pytest.mark.parametrize("call, match", [
