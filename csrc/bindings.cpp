@@ -113,15 +113,13 @@ void check_out(const OutArr& out, int64_t ndim) {
 // another shape would take the right numbers in the wrong places.
 void check_out_shape(const OutArr& out, std::initializer_list<int64_t> want, const char* what) {
   bool same = static_cast<size_t>(out.ndim()) == want.size();
-  std::string got = "(", expected = "(";
   size_t d = 0;
-  for (const int64_t v : want) {
-    if (same && static_cast<int64_t>(out.shape(d)) != v) same = false;
-    expected += (d ? ", " : "") + std::to_string(v);
-    ++d;
-  }
+  for (const int64_t v : want) same = same && static_cast<int64_t>(out.shape(d++)) == v;
+  if (same) return;
+  std::string got, expected;
   for (size_t i = 0; i < out.ndim(); ++i) got += (i ? ", " : "") + std::to_string(out.shape(i));
-  if (!same) throw std::invalid_argument(std::string(what) + ": out has shape " + got + "), expected " + expected + ")");
+  for (const int64_t v : want) expected += (expected.empty() ? "" : ", ") + std::to_string(v);
+  throw std::invalid_argument(std::string(what) + ": out has shape (" + got + "), expected (" + expected + ")");
 }
 
 // A conv's (N, C, H, W) output or residual: NCHW-contiguous (false) or channels-last (true).
