@@ -39,8 +39,7 @@ from typing import Any, Callable
 import torch
 
 import sparsecnn
-from sparsecnn.bench.layers import measure_sgemm_gflops
-from sparsecnn.perf.probe import settle_allocator
+from sparsecnn.perf.probe import settle_allocator, sgemm_flops
 from sparsecnn.models.pruned import load_pruned_layers
 from sparsecnn.ops.conv import _dl
 
@@ -91,7 +90,7 @@ def compare(cores: dict[str, ModuleType], batch: int, threads: int, rounds: int,
     # before, 14.5 ms after on this VM), and the machine's SGEMM rate for the record.
     settle_allocator()
     out: dict[str, Any] = {"batch": batch, "threads": threads, "rounds": rounds, "layers": {},
-                           "sgemm_gflops": measure_sgemm_gflops()}
+                           "sgemm_gflops": sgemm_flops(repeats=7) / 1e9}
     for name, (w, cin, hw, pad, groups, stride) in layer_cases(density, shapes).items():
         o, cg, kh, kw = w.shape
         x = torch.randn(batch, cin, hw, hw)

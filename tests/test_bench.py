@@ -62,6 +62,8 @@ def test_quick_rows_consistent(quick_result):
         assert r["overhead_a"] == pytest.approx(quick_result["meta"]["sgemm_gflops"] / r["gflops_nonzero"])
     meta = quick_result["meta"]
     assert META_KEYS <= set(meta) and meta["threads"] == 1 and meta["sgemm_gflops"] > 0
+    # F_sgemm: the larger of the readings before and after the layers
+    assert len(meta["sgemm_gflops_readings"]) == 2 and meta["sgemm_gflops"] == max(meta["sgemm_gflops_readings"])
     assert len(quick_result["break_even"]) == 1
     assert quick_result["break_even"][0]["status"] in ("interpolated", "always_faster", "never_faster")
 
