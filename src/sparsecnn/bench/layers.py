@@ -19,8 +19,9 @@ effective GFLOP/s (``dense FLOPs / time``; dense FLOPs ``= 2 * O * C/g * kh * kw
 and the overhead ``a = F_sgemm / (nonzero FLOPs / t_sparse)`` with ``nonzero FLOPs =
 2 * nnz * N * OH * OW`` and ``F_sgemm`` the machine's SGEMM GFLOP/s (median of a large square
 ``torch.mm``, measured before and after the layers, the larger of the two readings: on a shared
-machine one reading moved by a third between runs, and a low one made ``a`` look small): ``a`` is how many times slower than SGEMM peak the kernel
-processes a useful (nonzero) FLOP (the paper's 3.2 assumes ``a`` of about 2--3).
+machine one reading moved by a third between runs, and a low one made ``a`` look small): ``a``
+is how many times slower than SGEMM peak the kernel processes a useful (nonzero) FLOP (the
+paper's 3.2 assumes ``a`` of about 2--3).
 
 Layer sets:
 
