@@ -1,7 +1,8 @@
 // Max pooling (NCHW, float32) for the layers around the sparse convolutions. torch's CPU
 // max_pool2d on NCHW tensors also computes the argmax indices and ran 15-40 ms at batch 16 on
 // CaffeNet/ResNet-50 shapes on our 2-core machine, as long as a sparse layer; this is a plain
-// memory-bound pass (vertical max of the window's rows, then the horizontal max), ~1 ms.
+// memory-bound pass (vertical max of the window's rows, then the horizontal max), vectorised
+// per ISA in kernels/max_pool.hpp. This file validates and splits the planes over threads.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -9,19 +10,13 @@
 #include <vector>
 
 #include "core.hpp"
+#include "isa/kernels.hpp"
 #include "thread_pool.hpp"
 
 namespace scnn {
 namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("max_pool2d: " + msg); }
-
-// torch's NaN rule: a window holding a NaN gives NaN. Written without branches (selects the
-// compiler turns into vector blends): keep a NaN once seen, else take b if larger or NaN.
-inline float nan_max(float a, float b) {
-  const float m = (b > a) | (b != b) ? b : a;
-  return a != a ? a : m;
-}
 
 }  // namespace
 
@@ -52,38 +47,32 @@ void max_pool2d(const PoolArgs& a) {
   if (a.out_numel != need) fail("output buffer has " + std::to_string(a.out_numel) + " elements, expected " + std::to_string(need));
   if (a.n == 0) return;
   if (!a.x || !a.out) fail("null tensor data");
-  const int64_t planes = a.n * a.c, hw = a.h * a.w, ohw = oh * ow;
-  const int64_t ntask = std::min<int64_t>(planes, 8 * static_cast<int64_t>(std::max(1, a.threads)));
-  // The window's columns, as offsets into a row padded with -inf on both sides (pw left, and
-  // enough right for the last window): no clamping in the inner loops.
-  const int64_t wp = std::max<int64_t>(a.w + a.pw, (ow - 1) * a.sw + a.kw) + 1;
-  parallel_for(ntask, a.threads, [&](int64_t t) {
-    const float lowest = -std::numeric_limits<float>::infinity();
-    std::vector<float> buf(static_cast<size_t>(wp), lowest);
-    float* const row = buf.data() + a.pw;  // row[-pw .. w + ...) valid
-    for (int64_t pl = planes * t / ntask; pl < planes * (t + 1) / ntask; ++pl) {
-      const float* src = a.x + pl * hw;
-      float* dst = a.out + pl * ohw;
-      for (int64_t y = 0; y < oh; ++y) {
-        const int64_t y0 = std::max<int64_t>(0, y * a.sh - a.ph), y1 = std::min(a.h, y * a.sh - a.ph + a.kh);
-        // vertical max of the window's input rows, all columns at once
-        {
-          float* __restrict r = row;
-          const float* __restrict s0 = src + y0 * a.w;
-          for (int64_t i = 0; i < a.w; ++i) r[i] = s0[i];
-          for (int64_t iy = y0 + 1; iy < y1; ++iy) {
-            const float* __restrict s = src + iy * a.w;
-            for (int64_t i = 0; i < a.w; ++i) r[i] = nan_max(r[i], s[i]);
-          }
-        }
-        // horizontal max over the kw window columns of each output
-        const float* r = row - a.pw;
-        float* __restrict d = dst + y * ow;
-        for (int64_t x = 0; x < ow; ++x) d[x] = r[x * a.sw];
-        for (int64_t j = 1; j < a.kw; ++j)
-          for (int64_t x = 0; x < ow; ++x) d[x] = nan_max(d[x], r[x * a.sw + j]);
-      }
-    }
+  const int64_t planes = a.n * a.c;
+  const IsaKernels& isa = isa_kernels();
+  PoolJob job{};
+  job.lo = a.x;
+  job.hi = a.x + planes * a.h * a.w;
+  job.h = a.h, job.w = a.w, job.oh = oh, job.ow = ow;
+  job.kh = a.kh, job.kw = a.kw, job.sh = a.sh, job.sw = a.sw, job.ph = a.ph, job.pw = a.pw;
+  job.row_len = a.pw + std::max(a.w, (ow + isa.width) * a.sw + a.kw) + isa.width;
+  // output rows whose vertical maxima are made before their horizontal pass: ~16 KB of L1
+  job.block_rows = std::clamp<int64_t>(4096 / job.row_len, 1, oh);
+  const int64_t scratch = job.block_rows * job.row_len + (ow + 2 * isa.width) * a.sw;
+  // A parallel region costs a few microseconds: small inputs (a batch-1 pooling layer of a
+  // small network, ~10 us of work) run on the calling thread.
+  const int64_t work = planes * oh * (a.w * (a.kh + 1) + ow * a.kw);
+  const int threads = work < (int64_t(1) << 17) ? 1 : std::max(1, a.threads);
+  const int64_t ntask = std::min<int64_t>(planes, 4 * static_cast<int64_t>(threads));
+  parallel_for(ntask, threads, [&](int64_t t) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < static_cast<size_t>(scratch)) buf.resize(static_cast<size_t>(scratch));
+    PoolJob j = job;
+    const int64_t p0 = planes * t / ntask, p1 = planes * (t + 1) / ntask;
+    j.src = a.x + p0 * a.h * a.w;
+    j.dst = a.out + p0 * oh * ow;
+    j.planes = p1 - p0;
+    j.scratch = buf.data();
+    isa.max_pool(j);
   });
 }
 

@@ -59,6 +59,28 @@ def test_max_pool_matches_torch(cfg):
     assert torch.equal(y.nan_to_num(0.0), ref.nan_to_num(0.0))
 
 
+def test_max_pool_every_isa(isa):
+    """Each kernel variant (vertical then horizontal pass, the stride-2 lane pick, the tails of
+    rows narrower and wider than a vector, NaN) against torch on random geometries."""
+    gen = torch.Generator().manual_seed(11)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    for it in range(150):
+        kh, kw = pick(1, 5), pick(1, 5)
+        stride = (pick(1, 3), pick(1, 3) if it % 3 else 2)
+        padding = (pick(0, kh // 2), pick(0, kw // 2))
+        h, w = kh + pick(0, 10), kw + pick(0, 45)
+        x = torch.randn(pick(1, 2), pick(1, 4), h, w, generator=gen)
+        if it % 4 == 3:
+            x.view(-1)[pick(0, x.numel() - 1)] = float("nan")
+        ceil = bool(it % 2)
+        ref = F.max_pool2d(x, (kh, kw), stride, padding, ceil_mode=ceil)
+        with num_threads(1 + it % 2):
+            y = MaxPool2d((kh, kw), stride, padding, ceil_mode=ceil)(x)
+        where = f"case {it}: x {tuple(x.shape)} kernel {(kh, kw)} stride {stride} padding {padding} ceil {ceil}"
+        assert torch.equal(y.isnan(), ref.isnan()), where
+        assert torch.equal(y.nan_to_num(0.0), ref.nan_to_num(0.0)), where
+
+
 @pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.5, 2.0), (4, 0.1, 1.3, 1.0),
                                                    (1, 1.0, 0.75, 1.0), (9, 1e-2, 0.75, 1.0)])
 @pytest.mark.parametrize("shape", [(2, 7, 5, 6), (1, 1, 3, 3), (3, 16, 13, 13), (0, 4, 2, 2), (2, 19, 3, 1)])

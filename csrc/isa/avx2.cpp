@@ -1,7 +1,9 @@
 // AVX2 + FMA variant (compiled with -mavx2 -mfma).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 
 #include "isa/kernels.hpp"
@@ -76,6 +78,13 @@ struct V {
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
+  // lanes 0, 2, 4, ... of the 2W lanes of a then b
+  static inline T even(T a, T b) {
+    const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  // max that keeps a NaN of either (torch's max pooling): the unordered mask is all ones, a NaN
+  static inline T max_nan(T a, T b) { return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
   static inline void storeu(float* p, T v) { _mm256_storeu_ps(p, v); }
   static inline void store_tail(float* p, T v, Mask m) { _mm256_maskstore_ps(p, m, v); }
   // The first n (< W) lanes of v to p with plain 16-, 8- and 4-byte stores: vmaskmovps is
@@ -101,6 +110,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
@@ -110,6 +120,6 @@ struct V {
 
 const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                   &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>};
+                                  &transpose_tile<V>, &pool_planes<V>};
 
 }  // namespace scnn

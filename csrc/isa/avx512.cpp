@@ -1,7 +1,9 @@
 // AVX-512 variant (compiled with -mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 
 #include "isa/kernels.hpp"
@@ -83,6 +85,15 @@ struct V {
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
+  // lanes 0, 2, 4, ... of the 2W lanes of a then b
+  static inline T even(T a, T b) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(a, idx, b);
+  }
+  // max that keeps a NaN of either (torch's max pooling)
+  static inline T max_nan(T a, T b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q), _mm512_max_ps(a, b), _mm512_add_ps(a, b));
+  }
   static inline void storeu(float* p, T v) { _mm512_storeu_ps(p, v); }
   static inline void store_tail(float* p, T v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
   static inline void store_part(float* p, T v, int, Mask m) { store_tail(p, v, m); }  // masked stores are fast here
@@ -90,6 +101,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
@@ -99,6 +111,6 @@ struct V {
 
 const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                     &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>};
+                                  &transpose_tile<V>, &pool_planes<V>};
 
 }  // namespace scnn

@@ -131,6 +131,22 @@ struct TransposeJob {
   bool relu;
 };
 
+// Planes [0, planes) of NCHW max pooling (kernels/max_pool.hpp): input planes h x w at src,
+// output planes oh x ow at dst, window kh x kw, stride sh x sw, padding ph x pw (-inf). scratch
+// holds block_rows padded rows of row_len floats, row_len = pw + max(w, (ow + width) * sw + kw)
+// + width (the horizontal pass reads whole vectors past the last window), then
+// (ow + 2 * width) * sw floats for the sliding maxima of one row.
+struct PoolJob {
+  const float* src;
+  const float* lo;     // [lo, hi): the input tensor (a whole-vector load inside it is safe)
+  const float* hi;
+  float* dst;
+  int64_t planes, h, w, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw;
+  float* scratch;
+  int64_t row_len, block_rows;
+};
+
 struct IsaKernels {
   const char* name;
   int width;     // floats per vector
@@ -142,6 +158,7 @@ struct IsaKernels {
   void (*lanes_tile)(const LaneTile&);
   bool (*lanes_layout)(const LaneLayoutJob&);  // returns whether a NaN/Inf was read
   void (*transpose)(const TransposeJob&);
+  void (*max_pool)(const PoolJob&);
 };
 
 extern const IsaKernels kAvx512Kernels;

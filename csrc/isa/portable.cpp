@@ -1,8 +1,10 @@
 // Portable variant: plain C++ on a fixed-width array, for CPUs without AVX2 (and as the
 // reference the SIMD variants are tested against). The compiler vectorises it with the
 // baseline instruction set.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 
 #include "isa/kernels.hpp"
@@ -88,6 +90,21 @@ struct V {
     for (int i = 0; i < W; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return r;
   }
+  // lanes 0, 2, 4, ... of the 2W lanes of a then b
+  static inline T even(T a, T b) {
+    T r;
+    for (int i = 0; i < W / 2; ++i) {
+      r.v[i] = a.v[2 * i];
+      r.v[W / 2 + i] = b.v[2 * i];
+    }
+    return r;
+  }
+  // max that keeps a NaN of either (torch's max pooling)
+  static inline T max_nan(T a, T b) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] != a.v[i] || b.v[i] != b.v[i] ? a.v[i] + b.v[i] : (a.v[i] > b.v[i] ? a.v[i] : b.v[i]);
+    return r;
+  }
   static inline void storeu(float* p, T v) {
     for (int i = 0; i < W; ++i) p[i] = v.v[i];
   }
@@ -99,6 +116,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
 #include "kernels/sparse_linear.hpp"
@@ -109,6 +127,6 @@ struct V {
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
                                      &linear_tile<V>, &linear_dot<V>, &layout_channel<V>,
                                      &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>};
+                                  &transpose_tile<V>, &pool_planes<V>};
 
 }  // namespace scnn
