@@ -141,8 +141,9 @@ class SparseConv2d(_SparseBase):
         if self.padding_mode != "zeros" and any(pad):
             x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode=self.padding_mode)
             pad = [0, 0, 0, 0]
+        b = self._buffers  # plain dict reads: nn.Module.__getattr__ costs ~1 us a buffer
         y = call_sparse_conv2d(
-            x, self.values, self.col_idx, self.row_ptr, list(self.weight_shape), self.bias,
+            x, b["values"], b["col_idx"], b["row_ptr"], list(self.weight_shape), b["bias"],
             list(self.stride), list(pad), list(self.dilation), self.groups, self.relu, residual,
         )
         return y.squeeze(0) if unbatched else y
@@ -178,7 +179,9 @@ class SparseLinear(_SparseBase):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear: input last dim must be {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = call_sparse_linear(x.reshape(-1, self.in_features), self.values, self.col_idx, self.row_ptr, self.out_features, self.bias, self.relu)
+        b = self._buffers  # plain dict reads, as in SparseConv2d.forward
+        y = call_sparse_linear(x.reshape(-1, self.in_features), b["values"], b["col_idx"], b["row_ptr"],
+                               self.out_features, b["bias"], self.relu)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -133,6 +133,16 @@ def csr_to_dense(values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Ten
     return dense.reshape(*[int(s) for s in shape])
 
 
+def _bare(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without autograd history, for DLPack (which refuses tensors that require grad);
+    ``detach`` only where needed: it costs ~0.7 us a call.
+
+    >>> _bare(torch.ones(1, requires_grad=True)).requires_grad
+    False
+    """
+    return t.detach() if t.requires_grad else t
+
+
 def _dl(t: torch.Tensor | None) -> object:
     """``t`` as a DLPack capsule for the core (None stays None).
 
@@ -187,20 +197,21 @@ def _sparse_conv2d_cpu(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     _check(x, values, weight_shape, groups)
-    o, cg, kh, kw = (int(s) for s in weight_shape)
-    oh, ow = _core.output_size(x.shape[2], x.shape[3], kh, kw, list(stride), list(padding), list(dilation))
-    _check_residual(residual, x, (x.shape[0], o, oh, ow))
+    o, cg, kh, kw = map(int, weight_shape)
+    n, _, h, w = x.shape
+    oh, ow = _core.output_size(h, w, kh, kw, stride, padding, dilation)
+    _check_residual(residual, x, (n, o, oh, ow))
     # The output takes torch's memory format for x; the core writes channels-last itself
     # (and reads a residual in the output's format in place).
     fmt = memory_format_of(x)
-    out = _alloc((x.shape[0], o, oh, ow), "sparse_conv2d", fmt)
+    out = _alloc((n, o, oh, ow), "sparse_conv2d", fmt)
     # Even an empty batch goes to the core: it validates the weight and bias first.
     _core.conv2d(
-        _dl(x.detach()), _dl(values.detach()), _dl(col_idx), _dl(row_ptr),
-        None if bias is None else _dl(bias.detach().contiguous()),
-        _dl(out), o, cg, kh, kw, groups, list(stride), list(padding), list(dilation), bool(relu),
+        _dl(_bare(x)), _dl(_bare(values)), _dl(col_idx), _dl(row_ptr),
+        None if bias is None else _dl(_bare(bias).contiguous()),
+        _dl(out), o, cg, kh, kw, groups, stride, padding, dilation, bool(relu),
         torch.get_num_threads(),
-        None if residual is None else _dl(residual.detach().contiguous(memory_format=fmt)),
+        None if residual is None else _dl(_bare(residual).contiguous(memory_format=fmt)),
     )
     return out
 
@@ -257,17 +268,18 @@ def eager_cpu_call(*tensors: torch.Tensor | None) -> bool:
     >>> eager_cpu_call(torch.ones(2, requires_grad=True))
     False
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is None:
-            continue
-        if type(t) not in (torch.Tensor, torch.nn.Parameter) or not t.is_cpu or (grad and t.requires_grad):
+        if t is not None and (type(t) not in _PLAIN or not t.is_cpu or (grad and t.requires_grad)):
             return False
     return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def call_sparse_conv2d(

@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, _dl, csr_columns, csr_coords, csr_to_dense, eager_cpu_call
+from sparsecnn.ops.conv import _alloc, _bare, _dl, csr_columns, csr_coords, csr_to_dense, eager_cpu_call
 from sparsecnn.ops.weight_cache import WeightCache
 
 __all__ = ["call_sparse_linear", "sparse_linear_op"]
@@ -43,8 +43,8 @@ def _sparse_linear_cpu(
     _check(x, values)
     out = _alloc((x.shape[0], out_features), "sparse_linear")
     _core.linear(
-        _dl(x.detach()), _dl(values.detach()), _dl(col_idx), _dl(row_ptr),
-        None if bias is None else _dl(bias.detach().contiguous()),
+        _dl(_bare(x)), _dl(_bare(values)), _dl(col_idx), _dl(row_ptr),
+        None if bias is None else _dl(_bare(bias).contiguous()),
         _dl(out), out_features, bool(relu), torch.get_num_threads(),
     )
     return out

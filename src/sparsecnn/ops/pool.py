@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsecnn import _core
-from sparsecnn.ops.conv import _alloc, _dl, eager_cpu_call
+from sparsecnn.ops.conv import _alloc, _bare, _dl, eager_cpu_call
 from sparsecnn.ops.memory_format import empty_in_format_of, memory_format_of, suggests_channels_last
 
 __all__ = ["call_local_response_norm", "call_max_pool2d", "local_response_norm_op", "max_pool2d_op"]
@@ -39,19 +39,19 @@ def _check(x: torch.Tensor, what: str) -> None:
 
 
 def _pool_out(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> tuple:
-    oh = _core.pool_output_size(int(x.shape[2]), kernel[0], stride[0], padding[0], ceil_mode)
-    ow = _core.pool_output_size(int(x.shape[3]), kernel[1], stride[1], padding[1], ceil_mode)
-    return (x.shape[0], x.shape[1], oh, ow)
+    n, c, h, w = x.shape
+    return (n, c, _core.pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode),
+            _core.pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode))
 
 
 def _max_pool2d_cpu(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
     _check(x, "max_pool2d")
     if suggests_channels_last(x):
-        # torch's channels-last kernel: 2.3 ms on CaffeNet pool1 at batch 16, where the core's
-        # NCHW kernel takes 4.2 and the copies to NCHW and back 8 more (Zen 3, 2 threads)
+        # torch's channels-last kernel: 2.3 ms on CaffeNet pool1 at batch 16, where the copies
+        # to NCHW and back alone take 8 (Zen 3, 2 threads)
         return F.max_pool2d(x.detach(), kernel, stride, padding, ceil_mode=ceil_mode)
     out = _alloc(_pool_out(x, kernel, stride, padding, ceil_mode), "max_pool2d")
-    _core.max_pool2d(_dl(x.detach().contiguous()), _dl(out), list(kernel), list(stride), list(padding), bool(ceil_mode),
+    _core.max_pool2d(_dl(_bare(x).contiguous()), _dl(out), kernel, stride, padding, bool(ceil_mode),
                      torch.get_num_threads())
     return out
 
@@ -107,7 +107,7 @@ def _lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) ->
     _check(x, "local_response_norm")
     fmt = memory_format_of(x)  # the core normalises either format in place of its layout
     out = _alloc(tuple(x.shape), "local_response_norm", fmt)
-    _core.local_response_norm(_dl(x.detach().contiguous(memory_format=fmt)), _dl(out), int(size), float(alpha),
+    _core.local_response_norm(_dl(_bare(x).contiguous(memory_format=fmt)), _dl(out), int(size), float(alpha),
                               float(beta), float(k), torch.get_num_threads())
     return out
 
