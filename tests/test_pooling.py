@@ -96,6 +96,24 @@ def test_lrn_matches_torch(size, alpha, beta, k, shape, fmt):
         assert (y.double() - ref).abs().max().item() <= 1e-5 * (1 + ref.abs().max().item())
 
 
+def test_lrn_every_isa(isa):
+    """Each kernel variant, both layouts, beta 0.75 (square roots) and others (pow), channel
+    counts and plane sizes around the vector width, windows wider than the channels."""
+    gen = torch.Generator().manual_seed(5)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    for it in range(60):
+        c, size = pick(1, 40), pick(1, 9)
+        beta = 0.75 if it % 3 else (0.5, 1.3)[it % 2]
+        fmt = torch.channels_last if it % 2 else torch.contiguous_format
+        x = (torch.randn(pick(1, 3), c, pick(1, 9), pick(1, 70), generator=gen) * 4).contiguous(memory_format=fmt)
+        with num_threads(1 + it % 2):
+            y = LocalResponseNorm(size, 1e-2, beta, 1.5)(x)
+        ref = F.local_response_norm(x.double(), size, 1e-2, beta, 1.5)
+        where = f"case {it}: x {tuple(x.shape)} {fmt} size {size} beta {beta}"
+        assert y.stride() == x.stride(), where
+        assert (y.double() - ref).abs().max().item() <= 1e-5 * (1 + ref.abs().max().item()), where
+
+
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_lrn_nan_propagates_like_torch(fmt):
     x = torch.randn(1, 6, 4, 4)

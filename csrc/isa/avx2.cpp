@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -78,6 +79,9 @@ struct V {
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static inline T div(T a, T b) { return _mm256_div_ps(a, b); }
+  static inline T sqrt(T a) { return _mm256_sqrt_ps(a); }
   // lanes 0, 2, 4, ... of the 2W lanes of a then b
   static inline T even(T a, T b) {
     const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
@@ -110,6 +114,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/lrn.hpp"
 #include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
@@ -120,6 +125,6 @@ struct V {
 
 const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                   &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
 
 }  // namespace scnn

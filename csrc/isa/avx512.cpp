@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -85,6 +86,9 @@ struct V {
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
   static inline T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static inline T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static inline T sqrt(T a) { return _mm512_sqrt_ps(a); }
   // lanes 0, 2, 4, ... of the 2W lanes of a then b
   static inline T even(T a, T b) {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -101,6 +105,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/lrn.hpp"
 #include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
@@ -111,6 +116,6 @@ struct V {
 
 const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                     &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
 
 }  // namespace scnn

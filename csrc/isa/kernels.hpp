@@ -147,6 +147,21 @@ struct PoolJob {
   int64_t row_len, block_rows;
 };
 
+// A piece of local response normalisation (kernels/lrn.hpp): NCHW, positions [first, first +
+// count) of every channel plane of image `image` (planes hw floats apart); channels-last,
+// pixels [first, first + count) over all images, each c contiguous channels, with scratch of
+// c + size - 1 + width floats.
+struct LrnJob {
+  const float* x;
+  float* out;
+  int64_t c, hw;
+  bool channels_last;
+  int64_t size;
+  float scale, k, beta;  // scale = alpha / size
+  int64_t image, first, count;
+  float* scratch;
+};
+
 struct IsaKernels {
   const char* name;
   int width;     // floats per vector
@@ -159,6 +174,7 @@ struct IsaKernels {
   bool (*lanes_layout)(const LaneLayoutJob&);  // returns whether a NaN/Inf was read
   void (*transpose)(const TransposeJob&);
   void (*max_pool)(const PoolJob&);
+  void (*lrn)(const LrnJob&);
 };
 
 extern const IsaKernels kAvx512Kernels;

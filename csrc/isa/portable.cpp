@@ -90,6 +90,21 @@ struct V {
     for (int i = 0; i < W; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
     return r;
   }
+  static inline T mul(T a, T b) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+  }
+  static inline T div(T a, T b) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] / b.v[i];
+    return r;
+  }
+  static inline T sqrt(T a) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = std::sqrt(a.v[i]);
+    return r;
+  }
   // lanes 0, 2, 4, ... of the 2W lanes of a then b
   static inline T even(T a, T b) {
     T r;
@@ -116,6 +131,7 @@ struct V {
 
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
+#include "kernels/lrn.hpp"
 #include "kernels/max_pool.hpp"
 #include "kernels/sparse_conv.hpp"
 #include "kernels/sparse_conv_batch.hpp"
@@ -127,6 +143,6 @@ struct V {
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
                                      &linear_tile<V>, &linear_dot<V>, &layout_channel<V>,
                                      &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
 
 }  // namespace scnn
