@@ -34,14 +34,17 @@ void local_response_norm(const LrnArgs& a) {
   job.c = a.c;
   job.hw = a.hw;
   job.channels_last = a.channels_last;
-  job.size = a.size;
+  // A window of 2c + 1 channels already covers every channel from every channel: a larger
+  // size changes only the scale (alpha / size), so the kernels take at most that (no
+  // scratch or loop the length of a huge size).
+  job.size = std::min(a.size, 2 * a.c + 1);
   job.scale = static_cast<float>(a.alpha / a.size);
   job.k = static_cast<float>(a.k);
   job.beta = static_cast<float>(a.beta);
   if (a.channels_last) {
     constexpr int64_t kPixels = 64;  // pixels per task
     const int64_t pixels = a.n * a.hw, tasks = (pixels + kPixels - 1) / kPixels;
-    const size_t scratch = static_cast<size_t>(a.c + a.size - 1 + isa.width);
+    const size_t scratch = static_cast<size_t>(a.c + job.size - 1 + isa.width);
     parallel_for(tasks, a.threads, [&](int64_t t) {
       thread_local std::vector<float> buf;
       if (buf.size() < scratch) buf.resize(scratch);

@@ -54,14 +54,21 @@ void max_pool2d(const PoolArgs& a) {
   job.hi = a.x + planes * a.h * a.w;
   job.h = a.h, job.w = a.w, job.oh = oh, job.ow = ow;
   job.kh = a.kh, job.kw = a.kw, job.sh = a.sh, job.sw = a.sw, job.ph = a.ph, job.pw = a.pw;
-  job.row_len = a.pw + std::max(a.w, (ow + isa.width) * a.sw + a.kw) + isa.width;
+  // What the horizontal pass reads of a padded row, whole vectors included (kernels/max_pool.hpp):
+  // stride 1 and 2 up to a vector past the last output's window, larger strides the sliding
+  // maxima up to the last window's start. (ow - 1) * sw is less than w + pw, so a huge stride
+  // with one output column costs nothing.
+  const int64_t W = isa.width, span = (ow - 1) * a.sw + 1;
+  const int64_t reach = a.sw == 1 ? ow + W + a.kw : a.sw == 2 ? 2 * (ow + W) + a.kw : span + 2 * W + a.kw;
+  job.row_len = a.pw + std::max(a.w, reach) + W;
   // output rows whose vertical maxima are made before their horizontal pass: ~16 KB of L1
   job.block_rows = std::clamp<int64_t>(4096 / job.row_len, 1, oh);
-  const int64_t scratch = job.block_rows * job.row_len + (ow + 2 * isa.width) * a.sw;
+  const int64_t scratch = job.block_rows * job.row_len + (a.sw > 2 ? span + 2 * W : 0);
   // A parallel region costs a few microseconds: small inputs (a batch-1 pooling layer of a
-  // small network, ~10 us of work) run on the calling thread.
-  const int64_t work = planes * oh * (a.w * (a.kh + 1) + ow * a.kw);
-  const int threads = work < (int64_t(1) << 17) ? 1 : std::max(1, a.threads);
+  // small network, ~10 us of work) run on the calling thread. (In double: a kernel of 2^40
+  // rows is legal.)
+  const double work = double(planes) * double(oh) * (double(a.w) * double(a.kh + 1) + double(ow) * double(a.kw));
+  const int threads = work < 131072.0 ? 1 : std::max(1, a.threads);
   const int64_t ntask = std::min<int64_t>(planes, 4 * static_cast<int64_t>(threads));
   parallel_for(ntask, threads, [&](int64_t t) {
     thread_local std::vector<float> buf;

@@ -142,6 +142,22 @@ def test_max_pool_kernel_wider_than_input_ceil_mode():
     assert torch.equal(MaxPool2d([4, 3], [1, 2], [1, 0], ceil_mode=True)(x), ref)
 
 
+def test_huge_stride_and_lrn_size():
+    """A stride of 2^30 (one output column) and an LRN window of 10^12 channels: legal, and sized
+    by what they touch (the pooling scratch once grew with the stride; an LRN window that long
+    would be a loop and a buffer of 10^12)."""
+    x = torch.randn(2, 3, 6, 7)
+    ref = F.max_pool2d(x, (2, 3), (2, 2**30))
+    assert ref.shape[-1] == 1
+    assert torch.equal(MaxPool2d((2, 3), (2, 2**30))(x), ref)
+    size, alpha = 10**12, 0.3
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        # every window covers every channel: torch's LRN of 2c + 1 channels with the same alpha / size
+        want = F.local_response_norm(xf, 7, alpha * 7 / size, 0.75, 1.0)
+        assert torch.allclose(LocalResponseNorm(size, alpha, 0.75, 1.0)(xf), want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [0, 1], [0, 0], False, 1), "positive"),
     (lambda o: _core.max_pool2d(torch.randn(1, 2, 5, 5), o, [3, 3], [1, 1], [2, 0], False, 1), "padding"),

@@ -133,9 +133,9 @@ struct TransposeJob {
 
 // Planes [0, planes) of NCHW max pooling (kernels/max_pool.hpp): input planes h x w at src,
 // output planes oh x ow at dst, window kh x kw, stride sh x sw, padding ph x pw (-inf). scratch
-// holds block_rows padded rows of row_len floats, row_len = pw + max(w, (ow + width) * sw + kw)
-// + width (the horizontal pass reads whole vectors past the last window), then
-// (ow + 2 * width) * sw floats for the sliding maxima of one row.
+// holds block_rows padded rows of row_len floats (pool.cpp sizes them for what the horizontal
+// pass reads, whole vectors past the last window included), then for sw > 2 the sliding maxima
+// of one row, (ow - 1) * sw + 1 + 2 * width floats.
 struct PoolJob {
   const float* src;
   const float* lo;     // [lo, hi): the input tensor (a whole-vector load inside it is safe)
