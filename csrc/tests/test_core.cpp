@@ -299,14 +299,20 @@ void test_stream() {
 
 }  // namespace
 
+// Seeded draws for the pooling and LRN tests: floats in [-2, 2), ints in [lo, hi].
+struct Draw {
+  std::mt19937 rng;
+  explicit Draw(unsigned seed) : rng(seed) {}
+  float real() { return std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng); }
+  int pick(int lo, int hi) { return lo + std::uniform_int_distribution<int>(0, 1 << 30)(rng) % (hi - lo + 1); }
+};
+
 // Max pooling against naive loops, exactly-sized buffers (reads past the input or writes past
 // the output are ASan errors), rows from narrower than one vector to several; some inputs hold
 // a NaN, which every window that covers it must give.
 void test_max_pool_random(const char* isa) {
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> U(-2.0f, 2.0f);
-  std::uniform_int_distribution<int> D(0, 1 << 30);
-  auto pick = [&](int lo, int hi) { return lo + D(rng) % (hi - lo + 1); };
+  Draw draw(7);
+  auto pick = [&](int lo, int hi) { return draw.pick(lo, hi); };
   int bad = 0;
   for (int it = 0; it < 300; ++it) {
     scnn::PoolArgs a;
@@ -315,8 +321,8 @@ void test_max_pool_random(const char* isa) {
     a.h = a.kh + pick(0, 9); a.w = a.kw + pick(0, it % 3 ? 20 : 70); a.ceil_mode = it % 2; a.threads = 1 + it % 2;
     const int64_t in_n = a.n * a.c * a.h * a.w;
     std::unique_ptr<float[]> x(new float[static_cast<size_t>(in_n)]);
-    for (int64_t i = 0; i < in_n; ++i) x[i] = U(rng);
-    if (it % 4 == 3) x[D(rng) % in_n] = NAN;
+    for (int64_t i = 0; i < in_n; ++i) x[i] = draw.real();
+    if (it % 4 == 3) x[draw.pick(0, static_cast<int>(in_n - 1))] = NAN;
     int64_t oh, ow;
     scnn::pool_output_size(a.h, a.kh, a.sh, a.ph, a.ceil_mode, &oh);
     scnn::pool_output_size(a.w, a.kw, a.sw, a.pw, a.ceil_mode, &ow);
@@ -346,10 +352,8 @@ void test_max_pool_random(const char* isa) {
 
 // LRN against a naive loop in double precision, both layouts, exactly-sized buffers.
 void test_lrn(const char* isa) {
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> U(-2.0f, 2.0f);
-  std::uniform_int_distribution<int> D(0, 1 << 30);
-  auto pick = [&](int lo, int hi) { return lo + D(rng) % (hi - lo + 1); };
+  Draw draw(7);
+  auto pick = [&](int lo, int hi) { return draw.pick(lo, hi); };
   int bad = 0;
   for (int it = 0; it < 40; ++it) {
     scnn::LrnArgs a;
@@ -359,7 +363,7 @@ void test_lrn(const char* isa) {
     if (a.channels_last && it % 8 >= 4) a.size = a.c + pick(0, 3);  // a window past every channel
     const int64_t n = a.n * a.c * a.hw;
     std::unique_ptr<float[]> x(new float[static_cast<size_t>(n)]), out(new float[static_cast<size_t>(n)]);
-    for (int64_t i = 0; i < n; ++i) x[i] = U(rng);
+    for (int64_t i = 0; i < n; ++i) x[i] = draw.real();
     a.x = x.get(); a.out = out.get(); a.out_numel = n;
     scnn::local_response_norm(a);
     // element (b, c, i) of the (N, C, HW) tensor in memory
