@@ -10,7 +10,7 @@
 // CaffeNet's first LRN at batch 16, longer than any of its sparse layers.
 #pragma once
 
-// x / d^beta for a vector of lanes (n of them valid).
+// x / d^beta, lane by lane.
 template <class V>
 inline typename V::T lrn_scale(typename V::T x, typename V::T d, float beta) {
   using T = typename V::T;

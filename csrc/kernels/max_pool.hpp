@@ -1,15 +1,16 @@
 // Max pooling of NCHW planes (driven by pool.cpp), vectorised over the columns of a row.
 //
 // Included by each ISA translation unit inside an anonymous namespace, after it has defined
-// the vector type V (it needs W, loadu, load_inside, tail_mask, storeu, store_part, bcast and
-// max_nan). For each output row the window's input rows are reduced into a row buffer
-// (vertical pass), whose columns outside the input hold -inf (the left padding, and the
-// right end that ceil_mode windows reach), then each output's window is reduced across the
-// row (horizontal pass): at stride 1 straight into the output, at larger strides as a
-// sliding maximum at every column, of which every sw-th is kept (no gathers; the scalar
-// copy touches only the outputs; stride 2 keeps every second lane in registers). The scalar version before this (compiled for the
-// baseline ISA, with 4-wide SSE in the vertical pass only) took ~45 us on a 64 x 28 x 28
-// plane set, as long as one of the small sparse layers around it.
+// the vector type V (it needs W, loadu, load_inside, tail_mask, storeu, store_part, even and
+// max_nan). For a block of output rows, each row's window of input rows is first reduced into
+// a row buffer (vertical pass), whose columns outside the input hold -inf (the left padding,
+// and the right end that ceil_mode windows reach); then each output's window is reduced
+// across its row (horizontal pass): at stride 1 straight into the output, at stride 2 as the
+// maxima at 2W consecutive columns of which every second lane is kept in registers, at larger
+// strides as a sliding maximum at every column of which every sw-th is copied out (no
+// gathers). The scalar version before this (compiled for the baseline ISA, with 4-wide SSE in
+// the vertical pass only) took ~45 us on a 64 x 28 x 28 plane set, as long as one of the small
+// sparse layers around it.
 #pragma once
 
 // (<algorithm> and <limits> come from the including translation unit: this file is
