@@ -45,9 +45,10 @@ test-asan: venv
 	  -DSPARSECNN_PYTHON=OFF -DSPARSECNN_TESTS=ON -DSPARSECNN_SANITIZE=ON >/dev/null
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ninja -C build/asan test_core >/dev/null
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./build/asan/test_core
-	# again with every case of both kernels swept in chunks of one input channel, and the shared
-	# schedule (one layout all threads read) instead of the local one
-	SPARSECNN_LANES_CHUNK=1 SPARSECNN_PIXELS_CHUNK=1 SPARSECNN_SCHEDULE=shared ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./build/asan/test_core
+	# again with every case of both conv kernels swept in chunks of one input channel, the shared
+	# schedule (one layout all threads read) instead of the local one, and the linear layers'
+	# input features in passes of 7
+	SPARSECNN_LANES_CHUNK=1 SPARSECNN_PIXELS_CHUNK=1 SPARSECNN_SCHEDULE=shared SPARSECNN_LINEAR_PASS=7 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./build/asan/test_core
 
 # Every benchmark behind docs/benchmarks.md, docs/perf-model.md and docs/gsl.md (quiet machine).
 bench: build

@@ -45,23 +45,8 @@ void conv2d_output_size(int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh
 
 // The format has strictly ascending columns within a row (SparseWeight.from_dense writes them
 // so, and rows then read the input in address order); duplicates or disorder mean a corrupted
-// or foreign weight, so they are refused rather than summed. One branch-free pass per row that
-// the compiler vectorises. Returns the first bad row of [r0, r1), or -1.
-template <class Idx>
-int64_t first_bad_row(const Csr& m, const Idx* c, int64_t cols, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t j0 = m.row_ptr[r], j1 = m.row_ptr[r + 1];
-    if (j0 == j1) continue;
-    const Idx* p = c + j0;
-    const int64_t n = j1 - j0;
-    unsigned bad = 0;
-    for (int64_t j = 1; j < n; ++j) bad |= static_cast<unsigned>(!(p[j - 1] < p[j]));
-    // Ascending, so the first and last columns bound the row.
-    if (bad || static_cast<int64_t>(p[0]) < 0 || static_cast<int64_t>(p[n - 1]) >= cols) return r;
-  }
-  return -1;
-}
-
+// or foreign weight, so they are refused rather than summed. The check itself is per ISA
+// (kernels/csr_check.hpp); fail_row then names what is wrong with the first bad row.
 template <class Idx>
 [[noreturn]] void fail_row(const Csr& m, const Idx* c, int64_t cols, int64_t r, const std::string& w) {
   const Idx* p = c + m.row_ptr[r];
@@ -83,6 +68,7 @@ constexpr int64_t kParallelCheckNnz = int64_t(1) << 16;
 
 template <class Idx>
 void check_columns(const Csr& m, const Idx* c, int64_t cols, const std::string& w, int threads) {
+  const IsaKernels& isa = isa_kernels();
   int64_t bad = -1;
   if (threads > 1 && m.nnz >= kParallelCheckNnz && m.rows >= threads) {
     std::vector<int64_t> first(static_cast<size_t>(threads) * 8, -1);  // one cache line per task
@@ -93,11 +79,11 @@ void check_columns(const Csr& m, const Idx* c, int64_t cols, const std::string& 
         return static_cast<int64_t>(std::lower_bound(m.row_ptr, m.row_ptr + m.rows, target) - m.row_ptr);
       };
       const int64_t r0 = t == 0 ? 0 : row_at(t), r1 = t + 1 == threads ? m.rows : row_at(t + 1);
-      first[static_cast<size_t>(t) * 8] = first_bad_row(m, c, cols, r0, r1);
+      first[static_cast<size_t>(t) * 8] = isa.csr_first_bad_row(m.row_ptr, m.col, m.col16, cols, r0, r1);
     });
     for (int t = 0; t < threads && bad < 0; ++t) bad = first[static_cast<size_t>(t) * 8];
   } else {
-    bad = first_bad_row(m, c, cols, 0, m.rows);
+    bad = isa.csr_first_bad_row(m.row_ptr, m.col, m.col16, cols, 0, m.rows);
   }
   if (bad >= 0) fail_row(m, c, cols, bad, w);
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "conv_internal.hpp"
 #include "core.hpp"
 #include "isa/kernels.hpp"
 #include "thread_pool.hpp"
@@ -29,59 +30,111 @@ void sparse_linear(const LinearArgs& a) {
 
   const IsaKernels& isa = isa_kernels();
   const int threads = std::max(1, a.threads);
+  const int64_t W = isa.width;
 
-  // X^T with the batch contiguous; the batch is the SIMD dimension of the kernel.
-  thread_local std::vector<float> xt_buf;
-  const float* xt = a.x;
-  const int64_t ldx = a.n;
-  if (!(a.n == 1 && a.xs[1] == 1)) {
-    int64_t total;
-    if (__builtin_mul_overflow(a.n, a.in_features, &total)) throw std::overflow_error("sparse_linear: input too large");
-    if (xt_buf.size() < static_cast<size_t>(total)) xt_buf.resize(static_cast<size_t>(total));
-    float* d = xt_buf.data();
-    for (int64_t i = 0; i < a.in_features; ++i)
-      for (int64_t n = 0; n < a.n; ++n) d[i * ldx + n] = a.x[n * a.xs[0] + i * a.xs[1]];
-    xt = d;
-  }
-
-  const int64_t bchunk = 4 * static_cast<int64_t>(isa.width);  // batch columns per tile
-  const int64_t nbchunks = (a.n + bchunk - 1) / bchunk;
-  int64_t rowparts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
-  std::vector<int64_t> bounds(static_cast<size_t>(rowparts + 1));
-  {
+  // Rows split into parts of about equal work (nonzeros plus a per-row cost).
+  auto row_bounds = [&](int64_t parts) {
+    std::vector<int64_t> b(static_cast<size_t>(parts + 1));
     const double total = a.weight.row_ptr[a.out_features] + 2.0 * a.out_features;
     int64_t r = 0;
-    bounds[0] = 0;
-    for (int64_t k = 1; k < rowparts; ++k) {
-      const double target = total * k / rowparts;
+    for (int64_t k = 1; k < parts; ++k) {
+      const double target = total * k / parts;
       while (r < a.out_features && a.weight.row_ptr[r + 1] + 2.0 * (r + 1) <= target) ++r;
-      bounds[k] = std::max(r, bounds[k - 1]);
+      b[static_cast<size_t>(k)] = std::max(r, b[static_cast<size_t>(k - 1)]);
     }
-    bounds[rowparts] = a.out_features;
+    b[static_cast<size_t>(parts)] = a.out_features;
+    return b;
+  };
+  LinearTile base{};
+  base.values = a.weight.values;
+  base.col = a.weight.col;
+  base.col16 = a.weight.col16;
+  base.row_ptr = a.weight.row_ptr;
+  base.out = a.out;
+  base.out_features = a.out_features;
+  base.bias = a.bias;
+  base.relu = a.relu;
+  base.first = base.last = true;
+
+  if (a.n == 1 && a.xs[1] == 1) {  // one contiguous input row: dot products over the nonzeros
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
+    const std::vector<int64_t> bounds = row_bounds(parts);
+    parallel_for(parts, threads, [&](int64_t p) {
+      LinearTile t = base;
+      t.xt = a.x;
+      t.nbatch = 1;
+      t.row0 = bounds[static_cast<size_t>(p)];
+      t.row1 = bounds[static_cast<size_t>(p + 1)];
+      if (t.row0 < t.row1) isa.linear_dot(t);
+    });
+  } else {
+    // X^T with the batch contiguous: the SIMD dimension. Rows of whole vectors (zero-padded),
+    // except below one vector, where the kernel reads a row with a masked load.
+    const int64_t nvec = (a.n + W - 1) / W, ldx = a.n < W ? a.n : nvec * W;
+    int64_t total;
+    if (__builtin_mul_overflow(a.in_features, ldx, &total)) throw std::overflow_error("sparse_linear: input too large");
+    thread_local std::vector<float> xt_buf;
+    float* const xt = conv::aligned_scratch(xt_buf, static_cast<size_t>(total));
+    const int64_t fblock = 256;  // input features per transpose task
+    parallel_for((a.in_features + fblock - 1) / fblock, threads, [&](int64_t f) {
+      const int64_t i0 = f * fblock, i1 = std::min(a.in_features, i0 + fblock);
+      if (a.xs[1] == 1) {
+        TransposeJob tj{a.x + i0, a.xs[0], xt + i0 * ldx, ldx, a.n, i1 - i0, nullptr, false};
+        isa.transpose(tj);
+      } else {
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t b = 0; b < a.n; ++b) xt[i * ldx + b] = a.x[b * a.xs[0] + i * a.xs[1]];
+      }
+      for (int64_t i = i0; i < i1; ++i) std::fill(xt + i * ldx + a.n, xt + (i + 1) * ldx, 0.0f);
+    });
+
+    // Batch tiles of up to kLinearMaxVectors vectors, as even as they can be.
+    const int64_t nbtiles = (nvec + kLinearMaxVectors - 1) / kLinearMaxVectors;
+    const int tvec = static_cast<int>((nvec + nbtiles - 1) / nbtiles);
+    // A tile reads X^T's rows of its columns, in_features x tvec vectors; where that would not
+    // stay in half the L2 (beside the weights streaming through and the partial sums),
+    // the input features go in passes of kblock, each row's partial sums waiting in a buffer of
+    // the task between passes (rows per task: that buffer within 64 KB).
+    const int64_t tile_row_bytes = std::min<int64_t>(ldx, tvec * W) * static_cast<int64_t>(sizeof(float));
+    // SPARSECNN_LINEAR_PASS=n forces passes of n input features (0: one pass), for tests.
+    const int64_t forced = conv::chunk_setting("SPARSECNN_LINEAR_PASS");
+    const int64_t kblock = std::min(a.in_features, forced > 0    ? forced
+                                                   : forced == 0 ? a.in_features
+                                                                 : std::max<int64_t>(64, conv::l2_bytes() / 2 / tile_row_bytes));
+    const int64_t passes = (a.in_features + kblock - 1) / kblock;
+    int64_t parts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
+    if (passes > 1)
+      parts = std::max(parts, std::min<int64_t>(a.out_features, (a.out_features * tile_row_bytes + 65535) / 65536));
+    const std::vector<int64_t> bounds = row_bounds(parts);
+    parallel_for(nbtiles * parts, threads, [&](int64_t task) {
+      const int64_t p = task % parts, bt = task / parts;
+      LinearTile t = base;
+      t.row0 = bounds[static_cast<size_t>(p)];
+      t.row1 = bounds[static_cast<size_t>(p + 1)];
+      if (t.row0 >= t.row1) return;
+      t.b0 = bt * tvec * W;
+      t.nvec = static_cast<int>(std::min<int64_t>(tvec, nvec - bt * tvec));
+      t.nbatch = std::min<int64_t>(t.nvec * W, a.n - t.b0);
+      t.xt = xt + t.b0;
+      t.ldx = ldx;
+      if (passes == 1) {
+        isa.linear_tile(t);
+        return;
+      }
+      thread_local std::vector<int64_t> cursor;
+      thread_local std::vector<float> partial;
+      const int64_t rows = t.row1 - t.row0;
+      cursor.assign(a.weight.row_ptr + t.row0, a.weight.row_ptr + t.row1);
+      t.cursor = cursor.data();
+      t.partial = conv::aligned_scratch(partial, static_cast<size_t>(rows * t.nvec * W));
+      for (int64_t k = 0; k < passes; ++k) {
+        t.k1 = std::min(a.in_features, (k + 1) * kblock);
+        t.first = k == 0;
+        t.last = k + 1 == passes;
+        isa.linear_tile(t);
+      }
+    });
   }
-  parallel_for(nbchunks * rowparts, threads, [&](int64_t task) {
-    const int64_t rp = task % rowparts, bc = task / rowparts;
-    if (bounds[rp] >= bounds[rp + 1]) return;
-    LinearTile t{};
-    t.values = a.weight.values;
-    t.col = a.weight.col;
-    t.col16 = a.weight.col16;
-    t.row_ptr = a.weight.row_ptr;
-    t.xt = xt;
-    t.ldx = ldx;
-    t.b0 = bc * bchunk;
-    t.nbatch = std::min(bchunk, a.n - t.b0);
-    t.row0 = bounds[rp];
-    t.row1 = bounds[rp + 1];
-    t.out = a.out;
-    t.out_features = a.out_features;
-    t.bias = a.bias;
-    t.relu = a.relu;
-    if (a.n == 1)
-      isa.linear_dot(t);  // one input row: dot products over the nonzeros
-    else
-      isa.linear_tile(t);
-  });
 
   // Dense semantics for NaN/Inf inputs: 0 * Inf = NaN wherever a pruned weight meets them.
   std::vector<int64_t> bad;

@@ -124,6 +124,42 @@ def test_linear_nonfinite_inputs(isa):
         assert_close(y[fin], ref[fin])
 
 
+@pytest.mark.parametrize("n", [20, 64, 70])
+def test_linear_many_features_in_passes(isa, n):
+    """9216 input features (CaffeNet's fc6) at batch 20-70: X^T of a batch tile outgrows half
+    the L2 on our machines, so the planner sweeps the features in passes, each row's partial
+    sums carried between them (csrc/linear.cpp)."""
+    gen = torch.Generator().manual_seed(n)
+    wd = random_weight((48, 9216), 0.1, gen)
+    x = torch.randn(n, 9216, generator=gen)
+    b = torch.randn(48, generator=gen)
+    for relu in (False, True):
+        assert_close(sparse_linear(x, SparseWeight.from_dense(wd), b, relu=relu), linear_ref(x, wd, b, relu=relu))
+
+
+@pytest.mark.parametrize("features", ["1", "7", "64", "0"])
+def test_linear_forced_passes(isa, monkeypatch, features):
+    """SPARSECNN_LINEAR_PASS=n sweeps the input features in passes of n (0: one pass): every
+    batch width (masked rows below one vector, several batch tiles), empty rows and columns
+    beyond the last pass's start, NaN/Inf inputs, both column widths, 1 and 2 threads."""
+    monkeypatch.setenv("SPARSECNN_LINEAR_PASS", features)
+    gen = torch.Generator().manual_seed(int(features) + 11)
+    for n, k, o, density in [(2, 50, 7, 0.3), (3, 300, 11, 0.1), (9, 129, 5, 0.5), (40, 200, 6, 0.2),
+                             (70, 64, 3, 1.0), (130, 33, 4, 0.0), (17, 70000, 3, 0.001)]:
+        wd = random_weight((o, k), density, gen)
+        x = torch.randn(n, k, generator=gen)
+        x[0, k // 2] = float("nan")
+        x[-1, k - 1] = float("inf")
+        b = torch.randn(o, generator=gen)
+        ref = linear_ref(x, wd, b, relu=True)
+        for threads in (1, 2):
+            with num_threads(threads):
+                y = sparse_linear(x, SparseWeight.from_dense(wd), b, relu=True)
+            assert torch.equal(torch.isnan(y), torch.isnan(ref)), (n, k, o)
+            fin = torch.isfinite(ref)
+            assert_close(y[fin], ref[fin])
+
+
 def test_linear_threads_identical_and_concurrent(isa):
     gen = torch.Generator().manual_seed(8)
     wd = random_weight((64, 300), 0.2, gen)

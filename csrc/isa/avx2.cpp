@@ -65,11 +65,11 @@ struct V {
     return _mm256_maskload_ps(p, m);
   }
   // x[idx[0..7]] (16-bit indices read unsigned, or 32-bit)
-  static inline T gather(const float* x, const uint16_t* idx) {
-    return _mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
-  }
-  static inline T gather(const float* x, const int32_t* idx) {
-    return _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  // x[idx[0..8)], from eight scalar loads: vgatherdps took ~30 % longer in the batch-1 sparse
+  // dot product on a Zen 3 (9216 x 4096 at density 0.1, one core: 3.1-3.2 against 2.2-2.4 ms).
+  template <class Idx>
+  static inline T gather(const float* x, const Idx* idx) {
+    return _mm256_setr_ps(x[idx[0]], x[idx[1]], x[idx[2]], x[idx[3]], x[idx[4]], x[idx[5]], x[idx[6]], x[idx[7]]);
   }
   static inline float sum(T v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -112,6 +112,7 @@ struct V {
   }
 };
 
+#include "kernels/csr_check.hpp"
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
 #include "kernels/lrn.hpp"
@@ -125,6 +126,6 @@ struct V {
 
 const IsaKernels kAvx2Kernels = {"avx2", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                   &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>, &csr_first_bad_row};
 
 }  // namespace scnn

@@ -103,6 +103,7 @@ struct V {
   static inline void store_part(float* p, T v, int, Mask m) { store_tail(p, v, m); }  // masked stores are fast here
 };
 
+#include "kernels/csr_check.hpp"
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
 #include "kernels/lrn.hpp"
@@ -116,6 +117,6 @@ struct V {
 
 const IsaKernels kAvx512Kernels = {"avx512", V::W, V::MAX_ACC, &conv_tile<V>, &linear_tile<V>,
                                     &linear_dot<V>, &layout_channel<V>, &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>, &csr_first_bad_row};
 
 }  // namespace scnn

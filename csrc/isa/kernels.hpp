@@ -89,15 +89,28 @@ struct LaneLayoutJob {
   const float* next_src;  // the next channel's src, whose rows the layout fetches ahead (or null)
 };
 
+// Batch vectors of one sparse_linear tile at most (kernels/sparse_linear.hpp instantiates 1..this).
+constexpr int kLinearMaxVectors = 8;
+
+// Rows [row0, row1) of Y = X W^T for the batch columns [b0, b0 + nbatch), nvec vectors wide
+// (kernels/sparse_linear.hpp). One pass takes each row's nonzeros of the columns below k1 from
+// cursor[r] on; `partial` carries a row's sums (nvec * width floats) from pass to pass; the
+// last pass adds the bias, applies the ReLU and stores the rows into out. A single pass has
+// first = last = true, no cursor and no partial. The batch-1 dot form reads xt as the input row.
 struct LinearTile {
   const float* values;
   const void* col;
   bool col16;
   const int32_t* row_ptr;
-  const float* xt;        // input transposed: (in_features, ldx), batch in the contiguous dim
-  int64_t ldx;            // row length of xt (>= batch)
-  int64_t b0, nbatch;     // batch columns handled: [b0, b0 + nbatch)
+  const float* xt;        // X^T from column b0 on: xt[i * ldx + b], zero past the batch
+  int64_t ldx;            // row length of X^T (whole vectors)
+  int64_t b0, nbatch;     // batch columns stored: [b0, b0 + nbatch)
+  int nvec;               // vectors of batch columns computed (nbatch <= nvec * width)
   int64_t row0, row1;
+  int64_t k1;             // this pass: columns < k1 (ignored on the last pass)
+  int64_t* cursor;        // per row of the tile: its next nonzero (null: from row_ptr, one pass)
+  float* partial;         // per row of the tile: nvec * width partial sums (null: one pass)
+  bool first, last;
   float* out;             // (N, out_features)
   int64_t out_features;
   const float* bias;
@@ -175,6 +188,10 @@ struct IsaKernels {
   void (*transpose)(const TransposeJob&);
   void (*max_pool)(const PoolJob&);
   void (*lrn)(const LrnJob&);
+  // CSR column check (kernels/csr_check.hpp): the first row of [r0, r1) whose columns are not
+  // strictly ascending inside [0, cols), or -1
+  int64_t (*csr_first_bad_row)(const int32_t* row_ptr, const void* col, bool col16, int64_t cols, int64_t r0,
+                               int64_t r1);
 };
 
 extern const IsaKernels kAvx512Kernels;

@@ -129,6 +129,7 @@ struct V {
   static inline void store_part(float* p, T v, int, Mask m) { store_tail(p, v, m); }  // a plain loop already
 };
 
+#include "kernels/csr_check.hpp"
 #include "kernels/epilogue.hpp"
 #include "kernels/layout.hpp"
 #include "kernels/lrn.hpp"
@@ -143,6 +144,6 @@ struct V {
 const IsaKernels kPortableKernels = {"portable", V::W, V::MAX_ACC, &conv_tile<V>,
                                      &linear_tile<V>, &linear_dot<V>, &layout_channel<V>,
                                      &lanes_tile<V>, &lanes_layout<V>,
-                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>};
+                                  &transpose_tile<V>, &pool_planes<V>, &lrn_job<V>, &csr_first_bad_row};
 
 }  // namespace scnn

@@ -21,6 +21,8 @@ from typing import Any
 __all__ = ["LayerSpec", "FLOAT_BYTES"]
 
 FLOAT_BYTES = 4
+#: batch vectors of one sparse_linear tile at most (kLinearMaxVectors, csrc/isa/kernels.hpp)
+LINEAR_MAX_VECTORS = 8
 #: kernel plans per (shape, batch, threads, isa, density), filled by LayerSpec.kernel_work
 _WORK_CACHE: dict[tuple[str, int, int, str, float], dict[str, Any]] = {}
 _WORK_CACHE_SIZE = 8192
@@ -208,13 +210,17 @@ class LayerSpec:
         if hit is not None:
             return hit
         if self.kind == "linear":
+            # csrc/linear.cpp: batch 1 reads the input row in place; larger batches transpose
+            # it to X^T (rows padded to whole vectors from one vector up) and run batch tiles
+            # of up to LINEAR_MAX_VECTORS vectors, each streaming the weight once
             simd = int(_core.conv2d_plan(1, 1, 1, 1, 1, 1, 1, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1], 1)["vector_width"])
             nvec = math.ceil(batch / simd)
-            chunks = math.ceil(batch / (4 * simd))
-            moved = 0 if batch == 1 else FLOAT_BYTES * batch * self.in_channels
+            chunks = math.ceil(nvec / LINEAR_MAX_VECTORS)
+            ldx = batch if batch < simd else nvec * simd
+            moved = 0 if batch == 1 else FLOAT_BYTES * ldx * self.in_channels
             w = {"vector_width": simd, "lanes_images": 0, "pixel_images": batch, "vec_fmas": nvec,
                  "lanes_vec_fmas": 0, "visits": chunks, "epilogues": self.out_channels * chunks,
-                 "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(FLOAT_BYTES * batch * self.in_channels),
+                 "layout_bytes": moved, "layout_buffer_bytes": moved, "read_bytes": moved, "footprint": float(moved or FLOAT_BYTES * self.in_channels),
                  "image_mode": False, "direct": False, "chunked": False, "chunk_vectors": 0,
                  "chunk_density": math.inf, "lanes_density": math.inf, "local_density": math.inf,
                  "pixel_chunked": False, "pixel_chunk_density": math.inf}
