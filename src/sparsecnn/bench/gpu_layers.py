@@ -16,7 +16,7 @@ useful as a smoke test under ``TRITON_INTERPRET=1``) wall-clock time is used.
 
 Example:
     >>> from sparsecnn.bench.gpu_layers import run_gpu_layer_bench, DEFAULT_LAYERS
-    >>> rows = run_gpu_layer_bench(DEFAULT_LAYERS[:2], densities=(0.1, 0.3), batches=(1, 32))
+    >>> rows = run_gpu_layer_bench(DEFAULT_LAYERS[:2], densities=(0.1, 0.3), batches=(1, 32))  # doctest: +SKIP
     >>> rows[0]["speedup_vs_cudnn_fp32"]  # doctest: +SKIP
 
 Command line (GPU machine)::
@@ -225,7 +225,7 @@ def run_gpu_layer_bench(
         speedup_vs_<baseline>, max_rel_err`` (error of ours vs. cuDNN fp32 / F.conv2d).
 
     Example:
-        >>> rows = run_gpu_layer_bench(DEFAULT_LAYERS[2:3], densities=(0.1,), batches=(1,))
+        >>> rows = run_gpu_layer_bench(DEFAULT_LAYERS[2:3], densities=(0.1,), batches=(1,))  # doctest: +SKIP
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -44,10 +44,10 @@ Example:
     >>> from sparsecnn.ops.triton_conv import pack_dense_weight, sparse_conv2d_triton
     >>> w = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3)
     >>> values, col_idx, row_ptr = pack_dense_weight(w)
-    >>> x = torch.randn(2, 4, 16, 16, device="cuda")
+    >>> x = torch.randn(2, 4, 16, 16, device="cuda")  # doctest: +SKIP
     >>> y = sparse_conv2d_triton(x, values.cuda(), col_idx.cuda(), row_ptr.cuda(),
-    ...                          tuple(w.shape), None, (1, 1), (1, 1), (1, 1), 1, True)
-    >>> y.shape
+    ...                          tuple(w.shape), None, (1, 1), (1, 1), (1, 1), 1, True)  # doctest: +SKIP
+    >>> y.shape  # doctest: +SKIP
     torch.Size([2, 8, 16, 16])
 """
 
@@ -206,9 +206,12 @@ class SparseConvPlan:
         nnz: number of nonzeros.
 
     Example:
+        >>> w = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3)
+        >>> v, c, r = pack_dense_weight(w)
         >>> plan = build_plan(v, c, r, (8, 4, 3, 3), (16, 16), (1, 1), (1, 1), (1, 1), 1)
-        >>> y = sparse_conv2d_triton(x, v, c, r, (8, 4, 3, 3), None, (1, 1), (1, 1), (1, 1), 1,
-        ...                          False, plan=plan)
+        >>> x = torch.randn(2, 4, 16, 16, device="cuda")  # doctest: +SKIP
+        >>> y = sparse_conv2d_triton(x, v.cuda(), c.cuda(), r.cuda(), (8, 4, 3, 3), None, (1, 1), (1, 1),
+        ...                          (1, 1), 1, False, plan=plan)  # doctest: +SKIP
     """
 
     weight_shape: Tuple[int, int, int, int]
@@ -580,7 +583,11 @@ def sparse_conv2d_triton(
         (N, O, OH, OW) float32 contiguous tensor.
 
     Example:
-        >>> y = sparse_conv2d_triton(x, v, c, r, (8, 4, 3, 3), b, (1, 1), (1, 1), (1, 1), 1, True)
+        >>> w = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) < 0.3)
+        >>> v, c, r = (t.cuda() for t in pack_dense_weight(w))  # doctest: +SKIP
+        >>> x, b = torch.randn(2, 4, 16, 16, device="cuda"), torch.randn(8, device="cuda")  # doctest: +SKIP
+        >>> sparse_conv2d_triton(x, v, c, r, (8, 4, 3, 3), b, (1, 1), (1, 1), (1, 1), 1, True).shape  # doctest: +SKIP
+        torch.Size([2, 8, 16, 16])
     """
     _require_triton()
     stride, padding, dilation = _pair(stride, "stride"), _pad4(padding), _pair(dilation, "dilation")

@@ -194,13 +194,13 @@ class LayerSpec:
         chunks (``chunk_density``, ``pixel_chunk_density``), the batch-lanes
         kernel (``lanes_density``) and, in the per-image kernel's row mode, a layout per thread
         (``local_density``; ``layout_bytes`` then counts every copy) are taken.
-        A linear layer vectorises over the batch (tiles of 4 vectors), transposing the input
-        unless the batch is 1.
+        A linear layer vectorises over the batch (tiles of up to ``LINEAR_MAX_VECTORS`` vectors),
+        transposing the input unless the batch is 1.
 
         Example:
             >>> w = LayerSpec("c", "conv", 256, 384, (3, 3), padding=(1, 1), input_hw=(13, 13)).kernel_work(1)
-            >>> (w["pixel_images"], w["vec_fmas"], w["visits"])
-            (1, 13, 1)
+            >>> (w["pixel_images"], w["lanes_images"], w["vec_fmas"] > 0)
+            (1, 0, True)
         """
         from sparsecnn import _core
 
