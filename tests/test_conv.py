@@ -503,6 +503,32 @@ def test_kernel_switch_gives_same_results(tmp_path, var, on, off, batch):
     assert (outs[0] - outs[1]).abs().max() <= 1e-5 * (1 + outs[1].abs().max())
 
 
+@pytest.mark.parametrize("h, w, kernel, dilation, padding", [
+    (1, 1, (2, 1), (1, 3), "same"),  # the case hypothesis found: planes of 2 x 1 floats
+    (3, 2, (3, 1), 1, (1, 0)),  # planes of 5 x 2
+    (2, 3, (3, 3), 1, 1),  # 4 x 5: the spill stays inside the plane
+])
+def test_narrow_planes_laid_out_by_several_tasks(isa, h, w, kernel, dilation, padding):
+    """Planes of the per-image layout narrower than a vector, laid out by two threads: a row's
+    whole-vector store must not reach past its plane into a channel another task has already
+    laid out (it did until 2026-11-27: 1-wide maps lost a channel's first rows now and then;
+    a race, hence the repeats)."""
+    gen = torch.Generator().manual_seed(h * 10 + w)
+    c = 3
+    # one nonzero, in channel 0 (whose planes follow the previous image's last channel), on
+    # the kernel's first row: sparse enough for the one layout all threads share (per-thread
+    # copies would cost more than the FMAs)
+    wd = torch.zeros(c, 1, *kernel)
+    wd[0, 0, 0, 0] = 1.5
+    sw = SparseWeight.from_dense(wd, groups=c)
+    for n in (2, 3, 18):
+        x = torch.randn(n, c, h, w, generator=gen)
+        ref = unfold_ref(x, wd, groups=c, padding=padding, dilation=dilation)
+        with num_threads(2):
+            for _ in range(100):
+                assert_close(sparse_conv2d(x, sw, groups=c, padding=padding, dilation=dilation), ref)
+
+
 @pytest.mark.parametrize("schedule", ["local", "shared"])
 def test_schedules_match_conv2d(tmp_path, schedule):
     """Both ways the threads share a call (SPARSECNN_SCHEDULE: bands / private layouts, or one

@@ -41,6 +41,9 @@ bool layout_rows(const LayoutJob& job) {
     }
   const int64_t full = wrow / W;  // vectors stored whole; a partial last one is masked
   const M last_mask = V::range_mask(0, static_cast<int>(wrow - full * W));
+  // Row i's partial last vector may be stored whole only while its extra lanes land on later
+  // rows of this plane (i * wrow <= spill_end), never past the plane's end.
+  const int64_t spill_end = hrows * wrow - (full + 1) * W;
   bool bad = false;
   for (int64_t i = 0; i < hrows; ++i) {
     const int64_t iy = i - pad_top;
@@ -58,10 +61,14 @@ bool layout_rows(const LayoutJob& job) {
           if (k == 0) bad |= V::nonfinite(val);
         }
         // The row's partial last vector is stored whole where its extra lanes fall on the
-        // next row, written after it; only the last row's is cut to the row (the floats after
-        // it belong to another channel or task), with plain stores: vmaskmovps is microcoded
-        // on AMD cores (one per row cost CaffeNet conv2-5 at batch 1 0-11 % of the call, Zen 3).
-        if (v < full || i + 1 < hrows)
+        // next rows, written after it; where they would reach past the plane (the last row;
+        // every row from some point on when rows are narrower than a vector) it is cut to the
+        // row: the floats after the plane belong to another channel, which another task may
+        // have laid out already (until 2026-11-27 rows of under half a vector, e.g. 1-wide maps,
+        // lost their next channel's first rows that way, now and then, on 2 threads). Cut with
+        // plain stores: vmaskmovps is microcoded on AMD cores (one per row cost CaffeNet
+        // conv2-5 at batch 1 0-11 % of the call, Zen 3).
+        if (v < full || i * wrow <= spill_end)
           V::storeu(dst + v * W, val);
         else
           V::store_part(dst + v * W, val, static_cast<int>(wrow - full * W), last_mask);
@@ -93,7 +100,7 @@ bool layout_rows_long(const LayoutJob& job) {
           v = V::load_inside(src + f, V::range_mask(static_cast<int>(lo), static_cast<int>(hi)), job.lo, job.hi);
           if (k == 0) bad |= V::nonfinite(v);
         }
-        if (q + W <= wrow || i + 1 < job.hrows)  // as in layout_rows
+        if (q + W <= wrow || i * wrow + q + W <= job.hrows * wrow)  // as in layout_rows
           V::storeu(dst + q, v);
         else
           V::store_part(dst + q, v, static_cast<int>(wrow - q), V::range_mask(0, static_cast<int>(wrow - q)));
