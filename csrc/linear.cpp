@@ -56,8 +56,10 @@ void sparse_linear(const LinearArgs& a) {
   base.relu = a.relu;
   base.first = base.last = true;
 
+  // Row parts per batch tile: enough for the threads to balance.
+  int64_t parts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
+
   if (a.n == 1 && a.xs[1] == 1) {  // one contiguous input row: dot products over the nonzeros
-    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
     const std::vector<int64_t> bounds = row_bounds(parts);
     parallel_for(parts, threads, [&](int64_t p) {
       LinearTile t = base;
@@ -102,7 +104,6 @@ void sparse_linear(const LinearArgs& a) {
                                                    : forced == 0 ? a.in_features
                                                                  : std::max<int64_t>(64, conv::l2_bytes() / 2 / tile_row_bytes));
     const int64_t passes = (a.in_features + kblock - 1) / kblock;
-    int64_t parts = std::max<int64_t>(1, std::min<int64_t>(a.out_features, 8 * threads));
     if (passes > 1)
       parts = std::max(parts, std::min<int64_t>(a.out_features, (a.out_features * tile_row_bytes + 65535) / 65536));
     const std::vector<int64_t> bounds = row_bounds(parts);
