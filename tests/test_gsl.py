@@ -203,13 +203,17 @@ def test_state_dict_roundtrip():
     run(m, gsl, 10, opt)
     sd = gsl.state_dict()
     m2 = tiny_model(1)
-    gsl2 = GuidedSparsity(GMP(m2, final_sparsity=0.9, end_step=10, frequency=1), perf, SHAPES,
+    # the resumed run's model has moved since (a new calibration): the saved ranges still rule
+    moved = ScriptedPerf({"0": None, "2": None, "6": (0.95, 0.3)})
+    gsl2 = GuidedSparsity(GMP(m2, final_sparsity=0.9, end_step=10, frequency=1), moved, SHAPES,
                           check_every=1, make_spec=by_name)
     gsl2.pruner.load_state_dict(gsl.pruner.state_dict())
     gsl2.load_state_dict(sd)
     assert gsl2.state == gsl.state and gsl2.decisions == gsl.decisions
+    assert gsl2.ranges == gsl.ranges
     assert gsl2.pruner.enabled == gsl.pruner.enabled
     assert set(gsl2._snapshot) == set(gsl._snapshot)
+    run(m2, gsl2, 3, opt)  # a layer active before stays priced by its saved range
 
 
 def test_with_analytic_roofline():

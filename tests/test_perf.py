@@ -532,3 +532,57 @@ def test_breakeven_band_solves_its_speedups(spec, batch, sigma):
         m.breakeven_band(spec, batch, z=-1.0)
     m.fit_info = {"rms_log_error": "garbage"}  # a hand-edited cache: no band, no crash
     assert m.uncertainty == 0.0
+
+
+# ------------------------------------------------------------------ layer fits
+def test_layer_fit_corrects_a_model_that_is_far_off():
+    """A model whose fixed cost is 100x too high predicts the timed layer after fit_layers;
+    the scales survive serialisation and move the useful range with them."""
+    from sparsecnn.perf import layer_fit
+
+    m = PerfModel.synthetic(F=1e11, B=2e10, t0=2e-2, threads=2)
+    s = LayerSpec("c", "conv", 32, 64, (3, 3), padding=(1, 1), input_hw=(28, 28))
+    assert m.useful_range(s, 2) is None  # 20 ms a call: never faster than dense
+    info = m.fit_layers([s, LayerSpec("same", "conv", 32, 64, (3, 3), padding=(1, 1), input_hw=(28, 28)),
+                         LayerSpec("fc", "linear", 64, 10)], batch=2, rounds=2, progress=False)
+    assert set(info) == {"c", "same"} and info["same"] is info["c"]  # linear skipped, geometry once
+    rec = info["c"]
+    key = m.dense_key(s, 2)
+    assert m.layer_scales[key] == (rec["s_fixed"], rec["s_compute"]) and m.dense[key] == rec["t_dense"]
+    assert rec["s_fixed"] < 0.2  # 20 ms of fixed cost was wrong by far
+    for x, t in zip(rec["densities"], rec["t_sparse"]):
+        assert 0.5 < m.predict(s, x, 2).t_sparse / t < 2.0, (x, t)
+    assert rec["rms_log_error"] < 0.4
+    back = PerfModel.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert back.layer_scales == m.layer_scales
+    assert back.predict(s, 0.1, 2).t_sparse == pytest.approx(m.predict(s, 0.1, 2).t_sparse)
+    # 58 MFLOP dense against a sparse call of a few hundred microseconds at density 0
+    assert m.useful_range(s, 2) is not None
+    # other batches keep the calibrated model's terms
+    assert m.terms(s, 0.1, 4) == PerfModel.synthetic(F=1e11, B=2e10, t0=2e-2, threads=2).terms(s, 0.1, 4)
+    with pytest.raises(ValueError, match="batch"):
+        layer_fit.fit_layers(m, [s], batch=0)
+    with pytest.raises(ValueError, match="densities"):
+        layer_fit.fit_layers(m, [s], batch=1, densities=(0.1, 1.5))
+    with pytest.raises(ValueError, match="positive"):
+        layer_fit.fit_scales(m, s, 2, [0.1], [0.0])
+    bad = m.to_dict()
+    bad["layer_scales"] = {key: [float("nan"), 1.0]}
+    with pytest.raises(ValueError, match="layer scales"):
+        PerfModel.from_dict(bad)
+
+
+def test_fit_scales_moves_the_saturation_density_as_the_terms_say():
+    """Halving the fixed term halves the density at which the compute term meets it (gamma 1,
+    no bandwidth term in the way), and the fit finds the scales of synthetic timings."""
+    from sparsecnn.perf import layer_fit
+
+    m = PerfModel.synthetic(F=1e11, B=1e13, t0=1e-4, threads=1)
+    s = LayerSpec("c", "conv", 64, 64, (3, 3), padding=(1, 1), input_hw=(28, 28))
+    sat = m.saturation_density(s, 1)
+    xs = [0.0, 0.01, 0.03, 0.1, 0.3]
+    ts = [0.5 * m.terms(s, x, 1)[0] + max(m.terms(s, x, 1)[1], m.terms(s, x, 1)[2]) for x in xs]
+    sf, sc, rms = layer_fit.fit_scales(m, s, 1, xs, ts)
+    assert sf == pytest.approx(0.5, rel=0.03) and sc == pytest.approx(1.0, rel=0.03) and rms < 0.01
+    m.layer_scales[m.dense_key(s, 1)] = (sf, sc)
+    assert m.saturation_density(s, 1) == pytest.approx(sat * sf, rel=0.05)

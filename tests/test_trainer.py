@@ -163,3 +163,51 @@ def test_calibrated_perf_model_smoke(tmp_path):
     pytest.importorskip("sparsecnn.perf")
     rep = train(config(tmp_path, perf="auto", epochs=1), model_factory=tiny_model, data_factory=tiny_data)
     assert rep["final"]["layers"][0]["speedup"] is not None
+
+
+def test_gsl_ranges_come_from_the_timed_layers_and_survive_resume(tmp_path, monkeypatch):
+    """With a calibrated-type model, the trainer times the conv layers at infer_batch first and
+    GSL's useful ranges are the corrected model's; a resumed run reuses those timings."""
+    from sparsecnn.perf import LayerSpec, PerfModel
+    from sparsecnn.prune.gsl import input_shapes_from_example
+
+    threads = torch.get_num_threads()
+
+    def perf(c):  # a fixed cost far too high: the timings must correct it
+        return PerfModel.synthetic(F=1e11, B=2e10, t0=1e-3, threads=threads)
+
+    cfg = config(tmp_path, epochs=2, infer_batch=2)
+
+    def kill_after_first(epoch, rec):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, model_factory=tiny_model, data_factory=tiny_data, perf_factory=perf,
+              epoch_callback=kill_after_first)
+
+    def no_refit(*a, **k):
+        raise AssertionError("the resumed run timed the layers again")
+
+    monkeypatch.setattr(PerfModel, "fit_layers", no_refit)
+    rep = train(dataclasses.replace(cfg, resume=True), model_factory=tiny_model, data_factory=tiny_data,
+                perf_factory=perf)
+    fits = rep["layer_fits"]
+    assert set(fits) == {"features.0", "features.2", "features.5"}
+    corrected = perf(cfg)
+    for f in fits.values():
+        assert f["s_fixed"] < 0.5 and len(f["t_sparse"]) == len(f["densities"])
+        corrected.layer_scales[f["key"]] = (f["s_fixed"], f["s_compute"])
+        corrected.dense[f["key"]] = f["t_dense"]
+    model = TinyCNN(width=8)
+    shapes = input_shapes_from_example(model, torch.zeros(1, 1, 28, 28))
+    mods = dict(model.named_modules())
+    rows = {r["name"]: r for r in rep["final"]["layers"]}
+    for name in fits:
+        rng = corrected.useful_range(LayerSpec.from_module(mods[name], shapes[name], name=name), 2)
+        got = (rows[name]["breakeven_density"], rows[name]["saturation_density"])
+        assert got == ((None, None) if rng is None else pytest.approx(rng)), name
+
+    off = train(config(tmp_path / "off", epochs=1, fit_layers=False), model_factory=tiny_model,
+                data_factory=tiny_data, perf_factory=perf)
+    assert off["layer_fits"] is None

@@ -233,7 +233,8 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     for r in srep.to_dict()["layers"]:
         layers.append({k: r[k] for k in ("name", "type", "shape", "density", "decision", "reason", "pred_speedup",
                                          "meas_dense_s", "meas_sparse_s", "meas_speedup", "bn_folded", "relu_fused")}
-                      | {"gsl_state": proj.get(r["name"], {}).get("state")})
+                      | {"gsl_state": proj.get(r["name"], {}).get("state"),
+                         "useful_range": _useful_range(proj.get(r["name"], {}))})
     result = {
         "config": s | {"widths": list(widths), "data_dir": args.data_dir, "out": str(out)},
         "train": {"epochs_run": report["epochs_run"], "time_s": report["time_s"],
@@ -242,6 +243,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         "accuracy": {"dense": acc_dense, "sparse": acc_sparse, "test_images": len(test_ds)},
         "overall_density": fin["overall_density"],
         "layers": layers,
+        "gsl_layer_timings": report.get("layer_fits"),
         "sparsify": {"policy": srep.policy, "batch": srep.batch, "n_sparse": srep.n_sparse,
                      "max_rel_error": srep.max_rel_error, "perf_model": srep.perf_model},
         "latency": lat,
@@ -255,6 +257,12 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _useful_range(row: dict[str, Any]) -> list[float] | None:
+    """GSL's ``[saturation, breakeven]`` density of a layer (None: excluded or not pruned)."""
+    sat, be = row.get("saturation_density"), row.get("breakeven_density")
+    return None if sat is None or be is None else [sat, be]
+
+
 def format_summary(r: dict[str, Any]) -> str:
     """The human-readable summary printed by ``sparsecnn demo``."""
     c = r["config"]
@@ -263,10 +271,12 @@ def format_summary(r: dict[str, Any]) -> str:
              f"accuracy: pruned dense {100 * r['accuracy']['dense']:.2f}%  sparsified "
              f"{100 * r['accuracy']['sparse']:.2f}%  ({r['accuracy']['test_images']} test images)",
              f"overall density {r['overall_density']:.4f}", "",
-             f"{'layer':<18}{'density':>9}  {'decision':<8}{'measured':>10}  reason"]
+             f"{'layer':<18}{'density':>9}  {'GSL range':<15}{'decision':<8}{'measured':>10}  reason"]
     for L in r["layers"]:
         ms = "-" if L["meas_speedup"] is None else f"{L['meas_speedup']:.2f}x"
-        lines.append(f"{L['name']:<18}{L['density']:>9.4f}  {L['decision']:<8}{ms:>10}  {L['reason']}")
+        rng = L.get("useful_range")
+        rs = "-" if rng is None else f"[{rng[0]:.3f}, {rng[1]:.2f}]"
+        lines.append(f"{L['name']:<18}{L['density']:>9.4f}  {rs:<15}{L['decision']:<8}{ms:>10}  {L['reason']}")
     lat = r["latency"]
     lines += ["", f"latency, median of {lat['repeats']}, {lat['threads']} threads:"]
     for b, v in lat["batches"].items():

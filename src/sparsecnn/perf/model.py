@@ -170,6 +170,10 @@ class PerfModel:
     b: float = B_STORAGE
     #: dense layer timings, ``"<shape_key>|b<batch>" -> seconds``
     dense: dict[str, float] = field(default_factory=dict)
+    #: per-layer corrections from timing the layer itself (:meth:`fit_layers`), same keys as
+    #: ``dense`` -> ``(s_fixed, s_compute)``: ``t_fixed`` and ``t_compute`` of that layer at that
+    #: batch are multiplied by them
+    layer_scales: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: calibration diagnostics (points, residuals); informative only
     fit_info: dict[str, Any] = field(default_factory=dict)
     measure_dense: bool = True
@@ -240,12 +244,29 @@ class PerfModel:
 
         return calibrate.load_or_calibrate(recalibrate=recalibrate, threads=threads, quick=quick)
 
+    def fit_layers(self, specs: list[LayerSpec], batch: int, **kw: Any) -> dict[str, dict[str, Any]]:
+        """Time these conv layers at ``batch`` and fit each one's two corrections (fixed and
+        compute term) into this model; see :mod:`sparsecnn.perf.layer_fit` (keyword arguments
+        go to its ``fit_layers``).
+
+        Example:
+            >>> m = PerfModel.synthetic(F=1e11, B=2e10)
+            >>> s = LayerSpec("c", "conv", 8, 8, (3, 3), padding=(1, 1), input_hw=(8, 8))
+            >>> _ = m.fit_layers([s], batch=1, rounds=1, progress=False)
+            >>> m.dense_key(s, 1) in m.layer_scales
+            True
+        """
+        from . import layer_fit
+
+        return layer_fit.fit_layers(self, specs, batch, **kw)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation (inverse of :meth:`from_dict`)."""
         return {"schema": self.schema, "machine": asdict(self.machine), "tau_fma": self.tau_fma,
                 "tau_lanes": self.tau_lanes, "tau_chunk": self.tau_chunk, "tau_pchunk": self.tau_pchunk, "tau_direct": self.tau_direct, "tau_visit": self.tau_visit,
                 "tau_epi": self.tau_epi,
-                "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense), "fit_info": self.fit_info,
+                "gamma": self.gamma, "t0": self.t0, "b": self.b, "dense": dict(self.dense),
+                "layer_scales": {k: list(v) for k, v in self.layer_scales.items()}, "fit_info": self.fit_info,
                 "measure_dense": self.measure_dense}
 
     @classmethod
@@ -261,11 +282,15 @@ class PerfModel:
                 tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
                 gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
+                layer_scales={str(k): (float(v[0]), float(v[1])) for k, v in d.get("layer_scales", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
         for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_chunk or 0.0, m.tau_pchunk or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
                   m.machine.B_copy, m.machine.B_copy_llc):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"bad constant {v}")
+        for sf, sc in m.layer_scales.values():
+            if not (math.isfinite(sf) and math.isfinite(sc) and sf > 0 and sc > 0):
+                raise ValueError(f"bad layer scales ({sf}, {sc})")
         if m.machine.F <= 0 or m.machine.B_dram <= 0 or m.tau_fma <= 0 or not 0.3 <= m.gamma <= 1.5:
             raise ValueError("F, B and tau_fma must be positive and gamma in [0.3, 1.5]")
         return m
@@ -387,10 +412,15 @@ class PerfModel:
         return c0 + scaled * self._density_scale(x) + linear
 
     def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
-        """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``."""
+        """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``; a layer timed by
+        :meth:`fit_layers` has its ``t_fixed`` and ``t_compute`` scaled by its fitted corrections."""
         x = float(density)
         t_fixed, _, _, b0, kb = self.coefficients(spec, batch, x)
-        return t_fixed, self.compute_time(spec, batch, x), b0 + kb * x
+        t_comp = self.compute_time(spec, batch, x)
+        scales = self.layer_scales.get(self.dense_key(spec, batch)) if self.layer_scales else None
+        if scales is not None:
+            t_fixed, t_comp = t_fixed * scales[0], t_comp * scales[1]
+        return t_fixed, t_comp, b0 + kb * x
 
     # ------------------------------------------------------------------ public API
     def predict(self, spec: LayerSpec, density: float, batch: int = 1) -> Prediction:

@@ -52,7 +52,11 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=d.tol)
     p.add_argument("--perf", default=d.perf, choices=("auto", "analytic", "none"),
                    help="performance model: calibrated (auto), built-in roofline (analytic) or none")
-    p.add_argument("--infer-batch", type=int, default=d.infer_batch)
+    p.add_argument("--infer-batch", type=int, default=d.infer_batch,
+                   help="batch size the speedup projections and GSL's useful ranges are made for")
+    p.add_argument("--no-fit-layers", dest="fit_layers", action="store_false",
+                   help="take the useful ranges from the calibrated model alone, without first timing "
+                        "the model's conv layers at --infer-batch (a few seconds a layer)")
     p.add_argument("--dataset", default=d.dataset, choices=("fashion_mnist", "synthetic"))
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--subset", type=int, default=d.subset, help="use only N training images")

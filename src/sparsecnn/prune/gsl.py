@@ -319,6 +319,9 @@ class GuidedSparsity:
             "history": {n: list(h) for n, h in self.history.items()},
             "projections": dict(self.projections),
             "decisions": [dict(d) for d in self.decisions],
+            # the ranges the decisions were made against: a resumed run must not take new ones
+            # from a model calibrated (or timed) since
+            "ranges": {n: None if r is None else list(r) for n, r in self.ranges.items()},
             "snapshot": None if self._snapshot is None else {n: t.cpu() for n, t in self._snapshot.items()},
         }
 
@@ -329,6 +332,8 @@ class GuidedSparsity:
         self.history = {n: list(h) for n, h in sd["history"].items()}
         self.projections = dict(sd.get("projections", {}))
         self.decisions = [dict(d) for d in sd["decisions"]]
+        if sd.get("ranges") is not None:
+            self.ranges.update({n: None if r is None else (float(r[0]), float(r[1])) for n, r in sd["ranges"].items()})
         snap = sd.get("snapshot")
         self._snapshot = None if snap is None else {
             n: t.to(self.pruner.layers[n].weight_orig.device) for n, t in snap.items()

@@ -74,6 +74,7 @@ class TrainConfig:
     tol: float = 0.01
     perf: str = "auto"  # 'auto' (calibrated PerfModel, else analytic) | 'analytic' | 'none'
     infer_batch: int = 16  # batch size the speedup projections are made for
+    fit_layers: bool = True  # time the model's conv layers to correct the calibrated model (perf='auto')
     dataset: str = "fashion_mnist"  # | 'synthetic'
     data_dir: str | None = None
     subset: int | None = None
@@ -140,6 +141,29 @@ def default_perf_factory(cfg: TrainConfig) -> Any:
 
 
 # ------------------------------------------------------------------- helpers
+def _fit_layers(perf: Any, model: nn.Module, shapes: dict[str, tuple[int, ...]], cfg: TrainConfig,
+                saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Corrects a calibrated perf model with timings of the model's own conv layers at
+    ``cfg.infer_batch`` (:meth:`sparsecnn.perf.PerfModel.fit_layers`; rank 0 times, every rank
+    gets the result) before GSL takes its useful ranges from it, or applies ``saved`` (a resumed
+    run's). Returns what a checkpoint keeps, None where nothing was fitted (analytic model,
+    ``fit_layers=False``)."""
+    if perf is None or not hasattr(perf, "fit_layers") or not (cfg.fit_layers or saved):
+        return None
+    if saved is None:
+        if _dist.rank() == 0:
+            make_spec = _default_make_spec(perf)
+            specs = [make_spec(m, tuple(shapes[n]), n) for n, m in prunable_layers(model).items()]
+            info = perf.fit_layers(specs, cfg.infer_batch, progress=cfg.progress and sys.stderr.isatty())
+            keys = {v["key"] for v in info.values()}
+            saved = {"batch": cfg.infer_batch, "scales": {k: perf.layer_scales[k] for k in keys},
+                     "dense": {k: perf.dense[k] for k in keys}, "layers": info}
+        saved = _dist.broadcast_object(saved)
+    perf.layer_scales.update({k: tuple(v) for k, v in saved["scales"].items()})
+    perf.dense.update(saved["dense"])
+    return saved
+
+
 def _setup_distributed(cfg: TrainConfig) -> tuple[torch.device, bool]:
     """Init the process group when launched by torchrun; return (device, we_initialised)."""
     want_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
@@ -372,7 +396,16 @@ def _train(cfg: TrainConfig, device: torch.device, model_factory, data_factory, 
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
              if cfg.lr_schedule == "cosine" else None)
 
+    ckpt_path = out / CHECKPOINT
+    ck = None
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["config"]["method"] != cfg.method or ck["config"]["model"] != cfg.model:
+            raise ValueError("checkpoint was written by a different method/model")
+
     perf = perf_factory(cfg)
+    # a resumed run keeps the layer timings it started with: GSL's ranges must not move
+    layer_fits = _fit_layers(perf, model, shapes, cfg, None if ck is None else ck.get("layer_fits"))
     pruner = _make_pruner(cfg, model, opt, len(train_loader))
     gsl = None
     if cfg.method in ("gesl", "gdns"):
@@ -385,11 +418,7 @@ def _train(cfg: TrainConfig, device: torch.device, model_factory, data_factory, 
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    ckpt_path = out / CHECKPOINT
-    if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"]["method"] != cfg.method or ck["config"]["model"] != cfg.model:
-            raise ValueError("checkpoint was written by a different method/model")
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler") is not None:
@@ -471,6 +500,7 @@ def _train(cfg: TrainConfig, device: torch.device, model_factory, data_factory, 
                 "gsl": None if gsl is None else gsl.state_dict(),
                 "rng": _rng_state(),
                 "history": history,
+                "layer_fits": layer_fits,
             }, ckpt_path)
         if _dist.is_dist():
             dist.barrier()
@@ -497,6 +527,7 @@ def _train(cfg: TrainConfig, device: torch.device, model_factory, data_factory, 
         "final": {"test_acc": test_acc, "test_loss": test_loss, "overall_density": overall_density(model),
                   "layers": rows},
         "decisions": [] if gsl is None else gsl.decisions,
+        "layer_fits": None if layer_fits is None else layer_fits["layers"],
         "mask_digests": digests,
         "ranks_agree": len(set(digests)) == 1,
         "files": {k: str(out / v) for k, v in (("model", "model_pruned.pt"), ("masks", "masks.pt"),
