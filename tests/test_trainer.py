@@ -112,6 +112,7 @@ def test_resume_of_finished_run_is_a_noop(tmp_path):
 
 
 def test_torchrun_two_processes_cpu(tmp_path):
+    """GDNS under torchrun with the calibrated model (a 1-thread calibration: its own cache entry)."""
     out = tmp_path / "ddp"
     # The subprocesses must import the same sparsecnn as this process (an installed copy has the
     # compiled core; the source tree may not).
@@ -123,13 +124,15 @@ def test_torchrun_two_processes_cpu(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "sparsecnn.prune.cli", "--model", "tiny_cnn", "--dataset", "synthetic", "--subset", "128",
            "--method", "gdns", "--epochs", "2", "--batch-size", "16", "--warmup-epochs", "0",
-           "--check-every", "2", "--perf", "analytic", "--device", "cpu", "--no-progress",
+           "--check-every", "2", "--perf", "auto", "--device", "cpu", "--no-progress",
            "--out", str(out), "--json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["world_size"] == 2
     assert rep["ranks_agree"] and len(rep["mask_digests"]) == 2
+    # rank 0 timed the conv layers for the calibrated model, every rank took its ranges from them
+    assert set(rep["layer_fits"]) == {"features.0", "features.2", "features.5"}
     assert rep["final"]["overall_density"] < 1.0
     assert (out / "density.png").exists()
 
