@@ -460,6 +460,18 @@ def test_network_layers_and_cli_table(cache_env, capsys):
     args = p.parse_args(["model", str(path), "--batch", "2", "--no-measure-dense"])
     assert args.func(args) == 0
     assert "b-e band" in capsys.readouterr().out
+    # --fit-layers: the conv layer is timed and corrected, the fc layer is not
+    args = p.parse_args(["model", str(path), "--batch", "2", "--json", "--fit-layers"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    fit = out["layers"][0]["layer_fit"]
+    assert fit is not None and fit["s_fixed"] > 0 and fit["s_compute"] > 0
+    assert out["layers"][1]["layer_fit"] is None
+    args = p.parse_args(["model", str(path), "--batch", "2", "--fit-layers"])
+    assert args.func(args) == 0
+    assert "corrected per layer" in capsys.readouterr().out
+    # the corrections are not cached with the calibration: the next run is uncorrected again
+    assert PerfModel.load_or_calibrate().layer_scales == {}
 
 
 # ---------------------------------------------------------------------- end to end (needs kernel)

@@ -98,10 +98,15 @@ def _load(path: Path, expect: dict[str, Any]) -> PerfModel | None:
 
 
 def save(model: PerfModel, threads: int | None = None, path: Path | None = None) -> Path:
-    """Write ``model`` to the cache atomically; returns the path (logs, never raises on I/O)."""
+    """Write ``model`` to the cache atomically; returns the path (logs, never raises on I/O).
+
+    The per-layer corrections of :meth:`PerfModel.fit_layers` stay out: they belong to the run
+    that timed the layers (a GSL checkpoint keeps its own), not to the machine's calibration.
+    """
     path = path or cache_path(threads)
-    doc = {"key": key_fields(threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "model": model.to_dict()}
+    d = model.to_dict()
+    d["layer_scales"] = {}
+    doc = {"key": key_fields(threads), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": d}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

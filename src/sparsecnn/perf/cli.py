@@ -6,6 +6,7 @@ Usage::
     sparsecnn model resnet50 --batch 1 --density 0.1    # what-if density for every layer
     sparsecnn model caffenet --batch 1 --plot fig.png --layers conv2,conv5
     sparsecnn model caffenet --validate                 # measure the kernel on the grid
+    sparsecnn model caffenet --batch 16 --fit-layers    # time each conv layer first, correct the model
 
 Example:
     >>> import argparse
@@ -55,6 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "for caffenet, resnet50_dlmc_magnitude_pruning_0.9 for resnet50; 'none' for dense)")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="write a Figure-3-style plot")
     p.add_argument("--layers", default=None, help="comma-separated layer names for --plot")
+    p.add_argument("--fit-layers", action="store_true",
+                   help="time each conv layer at --batch first (random masks at densities 0-0.8) and "
+                        "correct the model's fixed and compute terms per layer (PerfModel.fit_layers)")
     p.add_argument("--validate", action="store_true",
                    help="measure the kernel on the validation grid and report model errors")
     p.add_argument("--recalibrate", action="store_true", help="redo the machine calibration")
@@ -165,14 +169,21 @@ def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
             f"a={model.a:.2f} a_lanes={model.a_lanes:.2f} b={model.b:.2f} "
             f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; "
             f"fit error sigma={model.uncertainty:.3f} (b-e band: +-2 sigma); batch {batch}")
+    if any(r.get("layer_fit") for r in rows):
+        head += "\n# corrected per layer by timing it (fit: the factors on the fixed and compute terms)"
     cols = ("layer", "shape", "GFLOP", "S_A MB", "S_W MB", "density", "dense ms", "sparse ms",
             "speedup", "useful x (sat..b-e)", "b-e band", "bound")
+    if any(r.get("layer_fit") for r in rows):
+        cols += ("fit",)
     lines = [head, "  ".join(f"{c:>12}" if i else f"{c:<24}" for i, c in enumerate(cols))]
     for r in rows:
         vals = (r["layer"], r["shape"], f"{r['gflop']:.3f}", f"{r['S_A'] / 1e6:.2f}",
                 f"{r['S_W'] / 1e6:.2f}", f"{r['density']:.3f}", f"{r['t_dense'] * 1e3:.3f}",
                 f"{r['t_sparse'] * 1e3:.3f}", f"{r['speedup']:.2f}x", _interval_str(ur[::-1] if (ur := r["useful_range"]) else None),  # (saturation, break-even)
                 _interval_str(r["breakeven_band"]), r["bound"])
+        if "fit" in cols:
+            f = r.get("layer_fit")
+            vals += ("-" if f is None else f"{f['s_fixed']:.2f}/{f['s_compute']:.2f}",)
         lines.append("  ".join(f"{v:>12}" if i else f"{v:<24}" for i, v in enumerate(vals)))
     td = sum(r["t_dense"] for r in rows)
     ts = sum(r["t_sparse"] for r in rows)
@@ -206,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot load network {args.network!r}: {e}", file=sys.stderr)
         return 2
     layers = network_layers(net)
+    fits: dict[str, dict[str, Any]] = {}
+    if getattr(args, "fit_layers", False):
+        fits = model.fit_layers([spec for spec, _ in layers], batch, progress=sys.stderr.isatty())
     rows = []
     for spec, dens in layers:
         x = float(args.density) if args.density is not None else dens
@@ -215,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
                      "S_W": spec.weight_bytes(), "density": x, "t_dense": p.t_dense,
                      "t_sparse": p.t_sparse, "speedup": p.speedup, "bound": p.bound,
                      "useful_range": model.useful_range(spec, batch),
-                     "breakeven_band": model.breakeven_band(spec, batch)})
+                     "breakeven_band": model.breakeven_band(spec, batch),
+                     "layer_fit": None if spec.name not in fits else
+                     {k: fits[spec.name][k] for k in ("s_fixed", "s_compute", "rms_log_error")}})
     from .calibrate import save
 
     save(model, model.machine.threads)  # keeps newly measured dense timings
