@@ -431,7 +431,7 @@ def test_robust_least_squares_ignores_an_outlier():
 
 
 # ---------------------------------------------------------------------- CLI
-def test_network_layers_and_cli_table(cache_env, capsys):
+def test_network_layers_and_cli_table(cache_env, capsys, caplog):
     from sparsecnn.perf.cli import add_parser, network_layers
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
@@ -472,6 +472,12 @@ def test_network_layers_and_cli_table(cache_env, capsys):
     assert "corrected per layer" in capsys.readouterr().out
     # the corrections are not cached with the calibration: the next run is uncorrected again
     assert PerfModel.load_or_calibrate().layer_scales == {}
+    # --plot times the plotted conv layer on random masks and draws it
+    png = tmp_path / "fig.png"
+    args = p.parse_args(["model", str(path), "--batch", "2", "--json", "--plot", str(png), "--layers", "0"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(png) and png.stat().st_size > 0
+    assert "no measured points" not in caplog.text
 
 
 # ---------------------------------------------------------------------- end to end (needs kernel)
@@ -579,9 +585,10 @@ def test_layer_fit_corrects_a_model_that_is_far_off():
     with pytest.raises(ValueError, match="positive"):
         layer_fit.fit_scales(m, s, 2, [0.1], [0.0])
     bad = m.to_dict()
-    bad["layer_scales"] = {key: [float("nan"), 1.0]}
-    with pytest.raises(ValueError, match="layer scales"):
-        PerfModel.from_dict(bad)
+    for scales in ([float("nan"), 1.0], [1.0], 3.0, [0.0, 1.0]):
+        bad["layer_scales"] = {key: scales}
+        with pytest.raises(ValueError, match="layer scales"):
+            PerfModel.from_dict(bad)
 
 
 def test_fit_scales_moves_the_saturation_density_as_the_terms_say():

@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--lam", type=float, default=None, help="ESL lasso strength (default 1e-2)")
+    p.add_argument("--check-every", type=int, default=None,
+                   help="GSL check period in training steps (default 25; quick: every epoch)")
     p.add_argument("--policy", default="measure", choices=("auto", "measure", "all", "none"),
                    help="sparsify policy (default: measure)")
     p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 30; quick 5)")
@@ -79,6 +81,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "dense_epochs": pick(args.dense_epochs, 2, 1),
         "prune_epochs": pick(args.prune_epochs, 8, 1),
         "lam": pick(args.lam, 1e-2, 3e-3),
+        # checks every 25 steps stop a layer at its bound; once an epoch, a lasso of 1e-2 takes
+        # conv2-4 to half their bounds between two checks
+        "check_every": pick(args.check_every, 25, None),
         "repeats": pick(args.repeats, 30, 5),
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -176,6 +181,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     cfg = TrainConfig(
         model="fmnist_vgg", method="gesl", epochs=s["dense_epochs"] + s["prune_epochs"],
         warmup_epochs=s["dense_epochs"], lr=s["lr"], lam=s["lam"], batch_size=s["batch_size"],
+        check_every=s["check_every"],
         perf="analytic" if s["quick"] else "auto", infer_batch=16, data_dir=args.data_dir,
         subset=s["subset"], out=str(out), seed=s["seed"], resume=args.resume, device="cpu",
         progress=True,

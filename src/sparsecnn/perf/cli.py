@@ -287,7 +287,7 @@ def _measure_for_plot(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
                       ) -> dict[str, list[tuple[float, float, float]]]:
     """Measured (density, t_dense, t_sparse) on random masks for the plotted layers."""
     try:
-        from .calibrate import random_sparse_weight, time_interleaved
+        from .layer_fit import time_layer
         from .probe import QuietWaiter
 
         out: dict[str, list[tuple[float, float, float]]] = {}
@@ -295,11 +295,9 @@ def _measure_for_plot(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
         for spec in specs:
             if spec.kind != "conv":
                 continue
-            ws = [random_sparse_weight(spec, x, seed=i) for i, x in enumerate(densities)]
-            td, tss = time_interleaved(spec, ws, batch, rounds=5, min_time=0.01,
-                                       threads=model.machine.threads, quiet=quiet)
+            xs, td, tss = time_layer(spec, batch, densities, model.machine.threads, rounds=5, quiet=quiet)
             model.dense[model.dense_key(spec, batch)] = td
-            out[spec.name] = [(float((w != 0).float().mean()), td, ts) for w, ts in zip(ws, tss)]
+            out[spec.name] = [(x, td, ts) for x, ts in zip(xs, tss)]
         return out
     except Exception as e:  # noqa: BLE001
         log.warning("no measured points on the plot (%s)", e)

@@ -43,7 +43,7 @@ from .spec import LayerSpec
 if TYPE_CHECKING:
     from .model import PerfModel
 
-__all__ = ["FIT_DENSITIES", "fit_layers", "fit_scales"]
+__all__ = ["FIT_DENSITIES", "fit_layers", "fit_scales", "time_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,18 @@ FIT_DENSITIES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: prior on the log scales: a factor of 4 off 1 costs as much as one 10 % misfit (as the
 #: calibration's priors on its memory rates)
 PRIOR_WEIGHT = math.sqrt(0.8) * 0.1 / math.log(4.0)
+
+
+def time_layer(spec: LayerSpec, batch: int, densities: Sequence[float], threads: int, rounds: int = 9,
+               min_time: float = 0.01, quiet: probe.QuietWaiter | None = None
+               ) -> tuple[list[float], float, list[float]]:
+    """``(actual densities, t_dense, [t_sparse per density])`` in seconds: the conv layer with
+    uniform random masks at ``densities`` and the dense conv, interleaved over ``rounds``
+    (:func:`~sparsecnn.perf.calibrate.time_interleaved`, its low quantile)."""
+    ws = [random_sparse_weight(spec, x, seed=i) for i, x in enumerate(densities)]
+    td, ts = time_interleaved(spec, ws, batch, rounds=rounds, min_time=min_time, threads=threads,
+                              quiet=quiet)
+    return [float((w != 0).float().mean()) for w in ws], td, ts
 
 
 def fit_scales(model: PerfModel, spec: LayerSpec, batch: int, densities: Sequence[float],
@@ -128,10 +140,8 @@ def fit_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
     for spec in tqdm(convs, desc="timing layers", unit="layer", disable=not progress, leave=False):
         key = model.dense_key(spec, batch)
         if key not in by_key:
-            ws = [random_sparse_weight(spec, x, seed=i) for i, x in enumerate(densities)]
-            xs = [float((w != 0).float().mean()) for w in ws]
-            td, ts = time_interleaved(spec, ws, batch, rounds=rounds, min_time=min_time,
-                                      threads=threads, quiet=quiet)
+            xs, td, ts = time_layer(spec, batch, densities, threads, rounds=rounds, min_time=min_time,
+                                    quiet=quiet)
             sf, sc, rms = fit_scales(model, spec, batch, xs, ts)
             model.layer_scales[key] = (sf, sc)
             model.dense[key] = td

@@ -138,6 +138,14 @@ class Prediction:
         return self.speedup / self.t_dense if self.t_dense > 0 else math.nan
 
 
+def _scale_pair(v: Any) -> tuple[float, float]:
+    """A saved ``(s_fixed, s_compute)``; ValueError on anything else (a corrupted cache is
+    recalibrated, not a crash)."""
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ValueError(f"layer scales must be a pair, got {v!r}")
+    return float(v[0]), float(v[1])
+
+
 @dataclass
 class PerfModel:
     """Calibrated roofline model; see the module docstring for the formula.
@@ -282,7 +290,7 @@ class PerfModel:
                 tau_visit=float(d.get("tau_visit", 0.0)), tau_epi=float(d.get("tau_epi", 0.0)),
                 gamma=float(d.get("gamma", 1.0)), t0=float(d["t0"]), b=float(d["b"]),
                 dense={str(k): float(v) for k, v in d.get("dense", {}).items()},
-                layer_scales={str(k): (float(v[0]), float(v[1])) for k, v in d.get("layer_scales", {}).items()},
+                layer_scales={str(k): _scale_pair(v) for k, v in d.get("layer_scales", {}).items()},
                 fit_info=dict(d.get("fit_info", {})), measure_dense=bool(d.get("measure_dense", True)))
         for v in (m.tau_fma, m.tau_lanes or 0.0, m.tau_chunk or 0.0, m.tau_pchunk or 0.0, m.tau_direct or 0.0, m.tau_visit, m.tau_epi, m.t0, m.b, m.machine.F, m.machine.B_dram,
                   m.machine.B_copy, m.machine.B_copy_llc):
