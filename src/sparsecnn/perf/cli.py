@@ -169,19 +169,18 @@ def _table(rows: list[dict[str, Any]], batch: int, model: PerfModel) -> str:
             f"a={model.a:.2f} a_lanes={model.a_lanes:.2f} b={model.b:.2f} "
             f"t0={model.t0 * 1e6:.1f} us B_copy={m.B_copy / 1e9:.1f}/{m.B_copy_llc / 1e9:.1f} GB/s; "
             f"fit error sigma={model.uncertainty:.3f} (b-e band: +-2 sigma); batch {batch}")
-    if any(r.get("layer_fit") for r in rows):
+    fitted = any(r.get("layer_fit") for r in rows)
+    if fitted:
         head += "\n# corrected per layer by timing it (fit: the factors on the fixed and compute terms)"
     cols = ("layer", "shape", "GFLOP", "S_A MB", "S_W MB", "density", "dense ms", "sparse ms",
-            "speedup", "useful x (sat..b-e)", "b-e band", "bound")
-    if any(r.get("layer_fit") for r in rows):
-        cols += ("fit",)
+            "speedup", "useful x (sat..b-e)", "b-e band", "bound") + (("fit",) if fitted else ())
     lines = [head, "  ".join(f"{c:>12}" if i else f"{c:<24}" for i, c in enumerate(cols))]
     for r in rows:
         vals = (r["layer"], r["shape"], f"{r['gflop']:.3f}", f"{r['S_A'] / 1e6:.2f}",
                 f"{r['S_W'] / 1e6:.2f}", f"{r['density']:.3f}", f"{r['t_dense'] * 1e3:.3f}",
                 f"{r['t_sparse'] * 1e3:.3f}", f"{r['speedup']:.2f}x", _interval_str(ur[::-1] if (ur := r["useful_range"]) else None),  # (saturation, break-even)
                 _interval_str(r["breakeven_band"]), r["bound"])
-        if "fit" in cols:
+        if fitted:
             f = r.get("layer_fit")
             vals += ("-" if f is None else f"{f['s_fixed']:.2f}/{f['s_compute']:.2f}",)
         lines.append("  ".join(f"{v:>12}" if i else f"{v:<24}" for i, v in enumerate(vals)))

@@ -15,8 +15,9 @@ time_interleaved`), and fits two corrections per layer, ``s_fixed`` and ``s_comp
 (density exponent, plan changes, bandwidth roof); only the two scales move, tied to 1 by a
 weak prior so a layer whose time barely depends on the density does not send ``s_compute``
 anywhere. The measured dense time replaces the cached one, so the break-even compares
-timings taken side by side. The scales live in :attr:`PerfModel.layer_scales` (saved with
-the model) and :meth:`PerfModel.terms` applies them.
+timings taken side by side. The scales live in :attr:`PerfModel.layer_scales` (in
+``to_dict``, not in the calibration cache: they belong to the run that timed the layers) and
+:meth:`PerfModel.terms` applies them.
 
 Example:
     >>> from sparsecnn.perf import LayerSpec, PerfModel
@@ -118,8 +119,7 @@ def fit_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
     at each of ``densities`` (uniform random masks) and the dense conv, interleaved over
     ``rounds`` rounds, the low quantile of each (see :func:`~sparsecnn.perf.calibrate.
     time_interleaved`); then :func:`fit_scales`. Sets ``model.layer_scales`` and
-    ``model.dense`` for each layer's key and records the timings in
-    ``model.fit_info["layers"]``. Uses ``model.machine.threads`` threads.
+    ``model.dense`` for each layer's key. Uses ``model.machine.threads`` threads.
 
     Returns ``{spec.name: {"key", "densities", "t_sparse", "t_dense", "s_fixed", "s_compute",
     "rms_log_error"}}`` (times in seconds); a layer sharing another's geometry gets that
@@ -150,8 +150,6 @@ def fit_layers(model: PerfModel, specs: Sequence[LayerSpec], batch: int,
             log.info("%s (batch %d): s_fixed %.2f, s_compute %.2f, rms log error %.3f", spec.name,
                      batch, sf, sc, rms)
         out[spec.name] = by_key[key]
-    layers = model.fit_info.setdefault("layers", {})
-    layers.update(by_key)
     if quiet.busy_rounds:
         log.warning("%d of the layer timing rounds found the CPUs busy: the layer fits may be off",
                     quiet.busy_rounds)
