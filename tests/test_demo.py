@@ -23,13 +23,16 @@ def test_demo_quick(tmp_path, capsys):
     from sparsecnn.demo import DEMO_KEYS
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--json"]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--check-every", "2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     data = json.loads((out / "demo.json").read_text())
     assert printed["accuracy"] == data["accuracy"]
     for k in DEMO_KEYS:
         assert k in data, k
     assert data["train"]["epochs_run"] == 2
+    # 512 images in batches of 64: 8 steps an epoch, 4 checks of 2 steps judge "stabilised"
+    assert data["config"]["check_every"] == 2 and data["config"]["gsl_patience"] == 4
+    assert all("useful_range" in L for L in data["layers"])
     assert 0.0 <= data["accuracy"]["dense"] <= 1.0
     assert abs(data["accuracy"]["dense"] - data["accuracy"]["sparse"]) <= 0.02
     assert [L["name"] for L in data["layers"]][:2] == ["features.conv1", "features.conv2"]

@@ -186,6 +186,10 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         subset=s["subset"], out=str(out), seed=s["seed"], resume=args.resume, device="cpu",
         progress=True,
     )
+    if cfg.check_every:
+        # "stabilised" (GSL's restore rule) is judged over `patience` checks: keep it about an epoch
+        steps = -(-len(train_ds) // cfg.batch_size)
+        cfg.patience = max(cfg.patience, round(steps / cfg.check_every))
     widths = s["widths"]
     report = train(cfg, model_factory=lambda c: fmnist_vgg(widths=widths),
                    data_factory=lambda c: (train_ds, test_ds))
@@ -242,7 +246,8 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
                       | {"gsl_state": proj.get(r["name"], {}).get("state"),
                          "useful_range": _useful_range(proj.get(r["name"], {}))})
     result = {
-        "config": s | {"widths": list(widths), "data_dir": args.data_dir, "out": str(out)},
+        "config": s | {"widths": list(widths), "data_dir": args.data_dir, "out": str(out),
+                       "gsl_patience": cfg.patience},
         "train": {"epochs_run": report["epochs_run"], "time_s": report["time_s"],
                   "history": [{k: h[k] for k in ("epoch", "pruning", "train_loss", "test_acc", "overall_density",
                                                  "time_s")} for h in report["history"]]},
