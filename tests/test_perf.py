@@ -605,3 +605,5 @@ def test_fit_scales_moves_the_saturation_density_as_the_terms_say():
     assert sf == pytest.approx(0.5, rel=0.03) and sc == pytest.approx(1.0, rel=0.03) and rms < 0.01
     m.layer_scales[m.dense_key(s, 1)] = (sf, sc)
     assert m.saturation_density(s, 1) == pytest.approx(sat * sf, rel=0.05)
+    # a refit starts from the calibrated terms, not from the layer's current scales
+    assert layer_fit.fit_scales(m, s, 1, xs, ts)[:2] == pytest.approx((sf, sc))

@@ -89,13 +89,7 @@ def fit_scales(model: PerfModel, spec: LayerSpec, batch: int, densities: Sequenc
         raise ValueError("fit_scales needs one time per density, at least one")
     if any(not (t > 0 and math.isfinite(t)) for t in times):
         raise ValueError(f"times must be positive and finite, got {list(times)}")
-    key = model.dense_key(spec, batch)
-    saved = model.layer_scales.pop(key, None)
-    try:
-        terms = [model.terms(spec, x, batch) for x in densities]
-    finally:
-        if saved is not None:
-            model.layer_scales[key] = saved
+    terms = [model.terms(spec, x, batch, scaled=False) for x in densities]
     logt = np.log(np.asarray(times, float))
 
     def errors(lp: np.ndarray) -> np.ndarray:

@@ -419,13 +419,15 @@ class PerfModel:
             linear += x * nnz * w["vec_fmas"] * self.tau_pchunk / th
         return c0 + scaled * self._density_scale(x) + linear
 
-    def terms(self, spec: LayerSpec, density: float, batch: int) -> tuple[float, float, float]:
+    def terms(self, spec: LayerSpec, density: float, batch: int,
+              scaled: bool = True) -> tuple[float, float, float]:
         """``(t_fixed, t_compute, t_bw)`` of the sparse kernel at ``density``; a layer timed by
-        :meth:`fit_layers` has its ``t_fixed`` and ``t_compute`` scaled by its fitted corrections."""
+        :meth:`fit_layers` has its ``t_fixed`` and ``t_compute`` scaled by its fitted corrections
+        (unless ``scaled=False``)."""
         x = float(density)
         t_fixed, _, _, b0, kb = self.coefficients(spec, batch, x)
         t_comp = self.compute_time(spec, batch, x)
-        scales = self.layer_scales.get(self.dense_key(spec, batch)) if self.layer_scales else None
+        scales = self.layer_scales.get(self.dense_key(spec, batch)) if scaled and self.layer_scales else None
         if scales is not None:
             t_fixed, t_comp = t_fixed * scales[0], t_comp * scales[1]
         return t_fixed, t_comp, b0 + kb * x
