@@ -146,21 +146,19 @@ def _fit_layers(perf: Any, model: nn.Module, shapes: dict[str, tuple[int, ...]],
     """Corrects a calibrated perf model with timings of the model's own conv layers at
     ``cfg.infer_batch`` (:meth:`sparsecnn.perf.PerfModel.fit_layers`; rank 0 times, every rank
     gets the result) before GSL takes its useful ranges from it, or applies ``saved`` (a resumed
-    run's). Returns what a checkpoint keeps, None where nothing was fitted (analytic model,
-    ``fit_layers=False``)."""
+    run's). Returns the per-layer records of ``fit_layers`` (what a checkpoint keeps), None where
+    nothing was fitted (analytic model, ``fit_layers=False``)."""
     if perf is None or not hasattr(perf, "fit_layers") or not (cfg.fit_layers or saved):
         return None
     if saved is None:
         if _dist.rank() == 0:
             make_spec = _default_make_spec(perf)
             specs = [make_spec(m, tuple(shapes[n]), n) for n, m in prunable_layers(model).items()]
-            info = perf.fit_layers(specs, cfg.infer_batch, progress=cfg.progress and sys.stderr.isatty())
-            keys = {v["key"] for v in info.values()}
-            saved = {"batch": cfg.infer_batch, "scales": {k: perf.layer_scales[k] for k in keys},
-                     "dense": {k: perf.dense[k] for k in keys}, "layers": info}
+            saved = perf.fit_layers(specs, cfg.infer_batch, progress=cfg.progress and sys.stderr.isatty())
         saved = _dist.broadcast_object(saved)
-    perf.layer_scales.update({k: tuple(v) for k, v in saved["scales"].items()})
-    perf.dense.update(saved["dense"])
+    for rec in saved.values():  # each record holds its layer's key, scales and dense time
+        perf.layer_scales[rec["key"]] = (rec["s_fixed"], rec["s_compute"])
+        perf.dense[rec["key"]] = rec["t_dense"]
     return saved
 
 
@@ -527,7 +525,7 @@ def _train(cfg: TrainConfig, device: torch.device, model_factory, data_factory, 
         "final": {"test_acc": test_acc, "test_loss": test_loss, "overall_density": overall_density(model),
                   "layers": rows},
         "decisions": [] if gsl is None else gsl.decisions,
-        "layer_fits": None if layer_fits is None else layer_fits["layers"],
+        "layer_fits": layer_fits,
         "mask_digests": digests,
         "ranks_agree": len(set(digests)) == 1,
         "files": {k: str(out / v) for k, v in (("model", "model_pruned.pt"), ("masks", "masks.pt"),
