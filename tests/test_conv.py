@@ -402,21 +402,23 @@ def test_batch_lanes_input_channel_chunks_by_default(tmp_path):
 def test_per_image_input_channel_chunks_by_default(isa):
     """By default the per-image kernel sweeps rows dense enough over many channels in L1-sized
     channel chunks where its tiles cover part of each plane (csrc/conv_pixels.cpp): batch 1
-    (row mode) and 3, 1 and 2 threads, residual and ReLU fused, against conv2d in float64."""
+    (row mode) and 3, 1 and 2 threads, residual and ReLU fused, against conv2d in float64.
+    20x20 maps: at 28x28 an AVX-512 tile's slice of one channel is so wide that a 32 KiB L1
+    (Zen 4) holds 4 channels, too few for the chunks to pay below density 1."""
     from sparsecnn.perf import LayerSpec
 
     gen = torch.Generator().manual_seed(3)
     for groups in (1, 2):
         spec = LayerSpec("c", "conv", 64 * groups, 24 * groups, (3, 3), padding=(1, 1), groups=groups,
-                         input_hw=(28, 28))
+                         input_hw=(20, 20))
         for batch in (1, 3):
             if "SPARSECNN_PIXELS_CHUNK" not in os.environ:
                 assert spec.kernel_work(batch, 2, 0.9)["pixel_chunked"]
             w = torch.randn(24 * groups, 64, 3, 3, generator=gen)
             w = w * (torch.rand(w.shape, generator=gen) < 0.9)
-            x = torch.randn(batch, 64 * groups, 28, 28, generator=gen)
+            x = torch.randn(batch, 64 * groups, 20, 20, generator=gen)
             b = torch.randn(24 * groups, generator=gen)
-            r = torch.randn(batch, 24 * groups, 28, 28, generator=gen)
+            r = torch.randn(batch, 24 * groups, 20, 20, generator=gen)
             sw = SparseWeight.from_dense(w, groups=groups)
             ref = torch.relu(dense_ref(x, w, b, padding=1, groups=groups) + r.double())
             for threads in (1, 2):
@@ -428,7 +430,8 @@ def test_per_image_input_channel_chunks_by_default(isa):
 def test_per_image_chunks_on_strided_layers(isa):
     """A stride-2 3x3 layer's tiles read four phase planes, so the per-image kernel chunks its
     channels from a lower density than at stride 1 (csrc/conv_pixels.cpp): by default at
-    density 0.3 here, batch 1 (row mode) and 3, 1 and 2 threads, against conv2d in float64."""
+    density 0.7 here (AVX-512 with a 32 KiB L1 chunks batch 3 from 0.56), batch 1 (row mode)
+    and 3, 1 and 2 threads, against conv2d in float64."""
     from sparsecnn.perf import LayerSpec
 
     gen = torch.Generator().manual_seed(5)
@@ -436,10 +439,10 @@ def test_per_image_chunks_on_strided_layers(isa):
     flat = LayerSpec("s1", "conv", 96, 40, (3, 3), padding=(1, 1), input_hw=(20, 20))
     for batch in (1, 3):
         if "SPARSECNN_PIXELS_CHUNK" not in os.environ:
-            w = spec.kernel_work(batch, 2, 0.3)
+            w = spec.kernel_work(batch, 2, 0.7)
             assert w["pixel_chunked"]
-            assert w["pixel_chunk_density"] < flat.kernel_work(batch, 2, 0.3)["pixel_chunk_density"]
-        check_stride2_relu(gen, 40, 96, batch, 40)
+            assert w["pixel_chunk_density"] < flat.kernel_work(batch, 2, 0.7)["pixel_chunk_density"]
+        check_stride2_relu(gen, 40, 96, batch, 40, density=0.7)
 
 
 def check_stride2_relu(gen, out_ch, in_ch, batch, hw, density=0.3):

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 #: densities each layer is timed at: several below 0.1 (the saturation densities of pruned
 #: layers lie there) and up to 0.8 (break-even densities of large layers)
-FIT_DENSITIES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+FIT_DENSITIES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: prior on the log scales: a factor of 4 off 1 costs as much as one 10 % misfit (as the
 #: calibration's priors on its memory rates)
 PRIOR_WEIGHT = math.sqrt(0.8) * 0.1 / math.log(4.0)
