@@ -251,14 +251,18 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
   }
   // Row mode with a layout: each thread lays the whole input out itself ("local", Schedule in
   // conv_internal.hpp) from the density where those copies cost little against the FMAs: the
-  // layout's vectors, once per thread, at most half the vector FMAs. Only with the vectorised
-  // stride-1 layout: the generic one (strides, channels-last) is slow enough that a copy per
-  // thread made ResNet-50's strided 3x3 layers 13-30 % slower at batch 1 (vCPUs in one complex).
+  // layout's vectors, once per thread, at most half the vector FMAs. Strided layers too (their
+  // layout is the generic, unvectorised one): on a Zen 5 with the vCPUs in one core complex a
+  // copy per thread made ResNet-50's strided 3x3 layers 13-30 % slower at batch 1, but on a
+  // Zen 4 with them in two (round trip ~320 ns) the shared layout made its strided layers
+  // 1.1-3.0x slower than local (layer2.0.conv2: 1570 against 520 us, real masks) while local
+  // ran as fast in both placements and within -6..+6 % of shared in one complex. Not from
+  // channels-last input, whose layout gathers every row.
   const Schedule sched = schedule_setting();
-  const bool fast_layout = a.stride_h == 1 && a.stride_w == 1 && a.xs[3] == 1;
+  const bool rows_contiguous = a.xs[3] == 1;
   pl.local_density = std::numeric_limits<double>::infinity();
   if (!image_mode && !p.direct && threads > 1 && sched != Schedule::shared &&
-      (fast_layout || sched == Schedule::local)) {
+      (rows_contiguous || sched == Schedule::local)) {
     const double layout_vectors = static_cast<double>(a.n) * static_cast<double>(p.istride) * nshift / W;
     const double dense_fmas = static_cast<double>(a.out_channels) * static_cast<double>(a.cin_per_group * a.kh * a.kw) *
                               static_cast<double>(nvec) * static_cast<double>(a.n);

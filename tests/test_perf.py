@@ -150,6 +150,19 @@ def test_kernel_work_is_the_cores_plan():
         assert FC.kernel_work(1)["layout_bytes"] == 0
 
 
+def test_strided_layers_lay_out_per_thread_at_batch_1():
+    """At batch 1 a strided layer with contiguous rows takes the local schedule (every thread
+    lays out the input it reads) from the plan's density on, as stride-1 ones do: with the
+    vCPUs in two core complexes one shared layout made them 1.1-3x slower (csrc/conv_pixels.cpp)."""
+    s2 = LayerSpec("s2", "conv", 128, 128, (3, 3), stride=(2, 2), padding=(1, 1), input_hw=(56, 56))
+    w = s2.kernel_work(1, threads=2, density=0.1)
+    assert not w["image_mode"] and 0 < w["local_density"] < 0.1
+    assert w["layout_bytes"] == 2 * s2.kernel_work(1, threads=1, density=0.1)["layout_bytes"]
+    # below it, one layout for both threads
+    below = s2.kernel_work(1, threads=2, density=0.5 * w["local_density"])
+    assert below["layout_bytes"] == s2.kernel_work(1, threads=1, density=0.5 * w["local_density"])["layout_bytes"]
+
+
 # ---------------------------------------------------------------------- formulas
 @pytest.mark.parametrize("spec,batch", [(CONV5, 1), (CONV5, 16), (CONV2, 4), (FC, 1), (FC, 64)])
 @pytest.mark.parametrize("visit,epi", [(0.0, 0.0), (3.0, 20.0)])
