@@ -250,15 +250,16 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
     pl.mblock = std::max<int64_t>(1, static_cast<int64_t>(0.25 * l1_bytes() / (4.0 * nb * chunk_big * W)));
   }
   // Row mode with a layout: each thread lays the whole input out itself ("local", Schedule in
-  // conv_internal.hpp): at batch 1 always, else from the density where those copies cost little
-  // against the FMAs: the layout's vectors, once per thread, at most half the vector FMAs.
-  // Strided layers too (their layout is the generic, unvectorised one): on a Zen 5 with the
-  // vCPUs in one core complex a
-  // copy per thread made ResNet-50's strided 3x3 layers 13-30 % slower at batch 1, but on a
-  // Zen 4 with them in two (round trip ~320 ns) the shared layout made its strided layers
-  // 1.1-3.0x slower than local (layer2.0.conv2: 1570 against 520 us, real masks) while local
-  // ran as fast in both placements and within -6..+6 % of shared in one complex. Not from
-  // channels-last input, whose layout gathers every row.
+  // conv_internal.hpp), so that neither core reads lines the other wrote. At batch 1 always;
+  // above it from the density where those copies cost little against the FMAs (the layout's
+  // vectors, once per thread, at most half the vector FMAs). Strided layers too, though their
+  // layout is the generic, unvectorised one. Measured on a Zen 4 (benchmarks.md, "A third
+  // machine"): with the VM's vCPUs in two core complexes one shared layout made ResNet-50's
+  // strided layers 1.1-3x and 3x3 layers below the density 3.5-5x slower at batch 1, while the
+  // copies ran as fast in both placements; in one complex the copies read -6..+6 % on the
+  // strided layers (a Zen 5 had read +13-30 %) and -20..-42 % below the density. At batches 5
+  // and 7 the copies below the density lost 25-69 % in one complex. Not from channels-last
+  // input, whose layout gathers every row (local 1.4x the shared time there).
   const Schedule sched = schedule_setting();
   const bool rows_contiguous = a.xs[3] == 1;
   pl.local_density = std::numeric_limits<double>::infinity();
@@ -267,10 +268,6 @@ PixelsPlan plan_pixels(const Conv2dArgs& a, const IsaKernels& isa, int64_t oh, i
     const double layout_vectors = static_cast<double>(a.n) * static_cast<double>(p.istride) * nshift / W;
     const double dense_fmas = static_cast<double>(a.out_channels) * static_cast<double>(a.cin_per_group * a.kh * a.kw) *
                               static_cast<double>(nvec) * static_cast<double>(a.n);
-    // At batch 1 always: on a Zen 4 the copies beat the shared layout below that density too
-    // (3x3 layers at density 0.005, one core complex: 20-42 % less time warm, 12-23 % after a
-    // dense conv; two complexes: 3-5x), the copies being small and one parallel region fewer.
-    // At batch 3 they lost up to 28 % after a dense conv (ResNet-50 layer1's shape).
     pl.local_density = sched == Schedule::local || a.n == 1 ? 0.0 : 2.0 * threads * layout_vectors / dense_fmas;
   }
   pl.local = weight_density(a) >= pl.local_density;
