@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", default=None, help="write a Figure-3-style plot")
     p.add_argument("--layers", default=None, help="comma-separated layer names for --plot")
     p.add_argument("--fit-layers", action="store_true",
-                   help="time each conv layer at --batch first (random masks at densities 0-0.8) and "
+                   help="time each conv layer at --batch first (random masks at densities 0.005-0.8) and "
                         "correct the model's fixed and compute terms per layer (PerfModel.fit_layers)")
     p.add_argument("--validate", action="store_true",
                    help="measure the kernel on the validation grid and report model errors")
